@@ -1,0 +1,105 @@
+//! Types shared by the XDP program (`provider-ebpf`) and userspace (`provider`).
+//!
+//! Everything here is `#[repr(C)]`, padding-free and plain old data, so the same bytes mean the
+//! same thing on both sides of a BPF map.
+#![no_std]
+
+/// `SteerKey::family` for IPv4.
+pub const FAMILY_V4: u8 = 4;
+/// `SteerKey::family` for IPv6.
+pub const FAMILY_V6: u8 = 6;
+/// `SteerKey::proto` for TCP (IANA protocol number).
+pub const PROTO_TCP: u8 = 6;
+/// `SteerKey::proto` for UDP (IANA protocol number).
+pub const PROTO_UDP: u8 = 17;
+
+/// Key of the `STEER` map: one local endpoint the provider owns.
+///
+/// An endpoint bound to the wildcard address is stored with `addr` all zero; the XDP program looks
+/// up the exact address first and the wildcard second.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct SteerKey {
+    /// Local address: IPv4 in the first 4 bytes (rest zero), or IPv6.
+    pub addr: [u8; 16],
+    /// Local port in host byte order.
+    pub port: u16,
+    /// `PROTO_TCP` or `PROTO_UDP`.
+    pub proto: u8,
+    /// `FAMILY_V4` or `FAMILY_V6`.
+    pub family: u8,
+}
+
+impl SteerKey {
+    pub const fn v4(proto: u8, addr: [u8; 4], port: u16) -> Self {
+        let mut a = [0u8; 16];
+        a[0] = addr[0];
+        a[1] = addr[1];
+        a[2] = addr[2];
+        a[3] = addr[3];
+        Self { addr: a, port, proto, family: FAMILY_V4 }
+    }
+
+    pub const fn v6(proto: u8, addr: [u8; 16], port: u16) -> Self {
+        Self { addr, port, proto, family: FAMILY_V6 }
+    }
+}
+
+/// Value of the `STEER` map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct SteerValue {
+    /// Reserved for per-endpoint behaviour; 0 today.
+    pub flags: u32,
+}
+
+/// Indices of the per-CPU `STATS` array: one counter per verdict and reason.
+pub mod stat {
+    /// Ours, redirected into the AF_XDP socket of the RX queue.
+    pub const STEERED: u32 = 0;
+    /// Not an endpoint in `STEER` (or not TCP/UDP over IP): passed to the kernel.
+    pub const PASSED_NOT_OURS: u32 = 1;
+    /// Truncated or inconsistent headers: passed to the kernel, which will count and drop them.
+    pub const PASSED_MALFORMED: u32 = 2;
+    /// IPv4 fragment: passed (reassembly is the kernel's job).
+    pub const PASSED_FRAGMENT: u32 = 3;
+    /// IPv6 with an extension header: passed.
+    pub const PASSED_EXT_HEADER: u32 = 4;
+    /// Ours, but no AF_XDP socket is bound on this queue: fell back to the kernel.
+    pub const REDIRECT_FAILED: u32 = 5;
+    /// Number of counters.
+    pub const COUNT: u32 = 6;
+
+    /// Human-readable names, indexed by counter.
+    pub const NAMES: [&str; COUNT as usize] = [
+        "steered",
+        "passed_not_ours",
+        "passed_malformed",
+        "passed_fragment",
+        "passed_ext_header",
+        "redirect_failed",
+    ];
+}
+
+/// Name of the steering program inside the object file.
+pub const PROG_STEER: &str = "steer";
+/// Name of the bare `XDP_PASS` program used as the benchmark baseline.
+pub const PROG_PASS: &str = "pass";
+/// Map names.
+pub const MAP_STEER: &str = "STEER";
+pub const MAP_XSKS: &str = "XSKS";
+pub const MAP_STATS: &str = "STATS";
+/// Capacity of the `STEER` map.
+pub const STEER_CAPACITY: u32 = 65536;
+/// Capacity of the `XSKS` map (highest RX queue index + 1 the provider can serve).
+pub const XSKS_CAPACITY: u32 = 256;
+
+#[cfg(feature = "user")]
+// SAFETY: both types are repr(C), padding-free (checked by bytemuck's derive) and valid for any
+// bit pattern, which is exactly what aya requires of map keys and values.
+unsafe impl aya::Pod for SteerKey {}
+#[cfg(feature = "user")]
+// SAFETY: as above.
+unsafe impl aya::Pod for SteerValue {}
