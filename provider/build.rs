@@ -32,7 +32,15 @@ fn main() {
     let target_dir = out_dir.join("ebpf-target");
     let mut cmd = Command::new("rustup");
     cmd.current_dir(&ebpf_dir)
-        .args(["run", "nightly", "cargo", "build", "--release", "--locked", "--target-dir"])
+        .args([
+            "run",
+            "nightly",
+            "cargo",
+            "build",
+            "--release",
+            "--locked",
+            "--target-dir",
+        ])
         .arg(&target_dir);
     for var in [
         "RUSTC",

@@ -38,11 +38,21 @@ impl SteerKey {
         a[1] = addr[1];
         a[2] = addr[2];
         a[3] = addr[3];
-        Self { addr: a, port, proto, family: FAMILY_V4 }
+        Self {
+            addr: a,
+            port,
+            proto,
+            family: FAMILY_V4,
+        }
     }
 
     pub const fn v6(proto: u8, addr: [u8; 16], port: u16) -> Self {
-        Self { addr, port, proto, family: FAMILY_V6 }
+        Self {
+            addr,
+            port,
+            proto,
+            family: FAMILY_V6,
+        }
     }
 }
 
@@ -87,6 +97,8 @@ pub mod stat {
 pub const PROG_STEER: &str = "steer";
 /// Name of the bare `XDP_PASS` program used as the benchmark baseline.
 pub const PROG_PASS: &str = "pass";
+/// Name of the `XDP_TX` program the live-frame generator runs.
+pub const PROG_XMIT: &str = "xmit";
 /// Map names.
 pub const MAP_STEER: &str = "STEER";
 pub const MAP_XSKS: &str = "XSKS";

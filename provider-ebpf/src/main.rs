@@ -85,6 +85,13 @@ pub fn pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
 }
 
+/// The live-frame generator's program: every frame it is given leaves through the interface it
+/// was injected on (BPF_PROG_TEST_RUN with BPF_F_TEST_XDP_LIVE_FRAMES, DESIGN §11).
+#[xdp]
+pub fn xmit(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_TX
+}
+
 #[inline(always)]
 fn lookup(key: &SteerKey) -> bool {
     if STEER.get_ptr(key).is_some() {
@@ -183,7 +190,11 @@ fn classify_v6(ctx: &XdpContext, l3: usize) -> Result<SteerKey, Pass> {
         return Err(Pass::Malformed);
     }
     if next != PROTO_TCP && next != PROTO_UDP {
-        return Err(if is_ext_header(next) { Pass::ExtHeader } else { Pass::NotOurs });
+        return Err(if is_ext_header(next) {
+            Pass::ExtHeader
+        } else {
+            Pass::NotOurs
+        });
     }
     let port = l4_dst_port(ctx, l3 + Ipv6Hdr::LEN, payload_len, next)?;
     Ok(SteerKey::v6(next, dst, port))
@@ -192,7 +203,10 @@ fn classify_v6(ctx: &XdpContext, l3: usize) -> Result<SteerKey, Pass> {
 /// IPv6 extension headers (RFC 8200 §4 and the IANA registry) that may precede TCP/UDP.
 #[inline(always)]
 fn is_ext_header(next: u8) -> bool {
-    matches!(next, 0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140 | 253 | 254)
+    matches!(
+        next,
+        0 | 43 | 44 | 50 | 51 | 60 | 135 | 139 | 140 | 253 | 254
+    )
 }
 
 /// Destination port of the TCP or UDP header at `l4`, checked against the IP payload length.
