@@ -245,8 +245,11 @@ impl Lab {
         if cfg.queues == 0 || cfg.queues > 64 {
             bail!("queues must be 1..=64, got {}", cfg.queues);
         }
-        if !(68..=65535).contains(&cfg.mtu) {
-            bail!("mtu must be 68..=65535, got {}", cfg.mtu);
+        if !(1280..=65535).contains(&cfg.mtu) {
+            bail!(
+                "mtu must be 1280..=65535 (the lab carries IPv6), got {}",
+                cfg.mtu
+            );
         }
         let name = cfg.name.clone();
         let lab = Lab {

@@ -20,7 +20,8 @@ pub const BPF_LINKER_VERSION: &str = "0.10.4";
 /// The LLVM major version the installed nightly must report (`rustc +nightly -vV`).
 pub const NIGHTLY_LLVM_MAJOR: &str = "22";
 
-/// Debian packages the lab, tests and benchmarks use (DESIGN §10–§12).
+/// Debian packages the lab, tests and benchmarks use (DESIGN §10–§12). `iputils-ping`: the
+/// lab tests ping across the veth, and a fresh machine of this kind has no `ping`.
 pub const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "ethtool",
@@ -32,6 +33,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "socat",
     "curl",
     "procps",
+    "iputils-ping",
 ];
 
 const BPFFS: &str = "/sys/fs/bpf";
