@@ -72,7 +72,7 @@ pub fn run(opts: &TestOptions) -> Result<()> {
 
 fn run_steps(opts: &TestOptions, steps: &mut Steps) -> Result<()> {
     let root = crate::is_root();
-    steps.step("setup", || crate::setup::run().map(drop))?;
+    steps.step("setup", || crate::setup::run_with(!root).map(drop))?;
 
     if root {
         steps.step("clean stale labs", || {
