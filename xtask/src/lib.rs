@@ -4,9 +4,16 @@
 //! end-to-end tests crate can reuse the namespace lab ([`lab::Lab`]) and the bootstrap
 //! ([`setup::run`]).
 
+pub mod bench;
 pub mod cmd;
+pub mod demo;
 pub mod lab;
+pub mod pktgen;
+pub mod proc;
+pub mod provider_bin;
+pub mod run;
 pub mod setup;
+pub mod stats;
 pub mod test;
 
 pub use lab::{Lab, LabConfig, NsGuard, lab_guard_cleanup_stale};

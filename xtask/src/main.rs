@@ -1,10 +1,13 @@
 //! `cargo xtask …` — bootstrap, build, lab, tests (DESIGN §9).
 
+use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::{Result, bail};
 use clap::{Args, Parser, Subcommand};
 use xtask::lab::{self, Lab, LabConfig};
+use xtask::pktgen::PktgenOptions;
 use xtask::test::TestOptions;
 use xtask::{cmd, setup};
 
@@ -31,26 +34,87 @@ enum Cmd {
     },
     /// Everything CI runs: setup, stale-lab cleanup, fmt, clippy, unit tests, root/lab tests.
     Test(TestArgs),
-    /// The main job on the built-in lab (not yet implemented).
-    Demo(Rest),
-    /// Run the provider on a real interface (not yet implemented).
+    /// The main job on the built-in lab: provider UDP echo vs kernel peer, v4 + v6, checked
+    /// byte for byte, with the wire capture, XDP verdicts and engine/ring counters.
+    Demo,
+    /// Run `target/release/provider <args…>` on a real NIC (after setup and a release build),
+    /// e.g. `cargo xtask run -- echo --iface eth1 --udp 7`.
     Run(Rest),
-    /// Benchmark kernel vs provider in the lab (not yet implemented).
+    /// Benchmark the provider against the kernel (xdp, udp-rx); results in bench-results/.
     Bench {
-        name: String,
-        #[command(flatten)]
-        rest: Rest,
+        #[command(subcommand)]
+        which: BenchCmd,
     },
-    /// Packet-rate generator (not yet implemented).
-    Pktgen(Rest),
-    /// Show provider statistics (not yet implemented).
-    Stats(Rest),
+    /// UDP packet-rate generator: kernel pktgen when /proc/net/pktgen exists, else
+    /// `provider pktgen` (XDP live frames).
+    Pktgen(PktgenArgs),
+    /// Show the statistics of running providers (/run/provider/*.json) as tables.
+    Stats {
+        /// A stats file (e.g. one given to `provider echo --stats-file`); default: every
+        /// /run/provider/<iface>-<pid>.json whose pid is alive.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Refresh every second until Ctrl-C.
+        #[arg(long)]
+        watch: bool,
+    },
 }
 
 #[derive(Args)]
 struct Rest {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    /// Arguments for the provider binary (after `--`).
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     args: Vec<String>,
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// XDP steering program cost per packet vs bare XDP_PASS (BPF_PROG_TEST_RUN).
+    Xdp {
+        #[arg(long)]
+        repeat: Option<u64>,
+        #[arg(long)]
+        rounds: Option<u64>,
+    },
+    /// UDP receive rate: kernel socket vs provider, same lab, same generator, pinned CPUs.
+    UdpRx {
+        /// Seconds per run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// UDP payload bytes.
+        #[arg(long, default_value_t = 64)]
+        size: usize,
+    },
+    #[command(external_subcommand)]
+    Other(Vec<String>),
+}
+
+#[derive(Args)]
+#[command(group(clap::ArgGroup::new("where").required(true).args(["lab", "iface"])))]
+struct PktgenArgs {
+    /// Generate from this lab's peer namespace towards the provider veth.
+    #[arg(long)]
+    lab: Option<String>,
+    /// Generate out of this interface (host namespace).
+    #[arg(long)]
+    iface: Option<String>,
+    /// Destination IP:PORT (IPv6 as [addr]:port).
+    #[arg(long)]
+    dst: SocketAddr,
+    /// Source IP:PORT (--iface only; default: the interface's address, port 40000).
+    #[arg(long)]
+    src: Option<SocketAddr>,
+    /// Destination MAC (--iface only; default: the kernel's neighbour entry for --dst).
+    #[arg(long)]
+    dst_mac: Option<String>,
+    /// UDP payload bytes.
+    #[arg(long, default_value_t = 64)]
+    size: usize,
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Frames per BPF_PROG_TEST_RUN call (provider pktgen only).
+    #[arg(long)]
+    batch: Option<u32>,
 }
 
 #[derive(Args)]
@@ -108,11 +172,6 @@ fn main() -> ExitCode {
     }
 }
 
-fn not_yet(what: &str) -> Result<ExitCode> {
-    eprintln!("cargo xtask {what}: not yet implemented");
-    Ok(ExitCode::from(2))
-}
-
 fn dispatch(cmd: Cmd) -> Result<ExitCode> {
     match cmd {
         Cmd::Setup => {
@@ -128,11 +187,28 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode> {
             filter: a.filter,
             packages: a.package,
         })?,
-        Cmd::Demo(_) => return not_yet("demo"),
-        Cmd::Run(_) => return not_yet("run"),
-        Cmd::Bench { name, .. } => return not_yet(&format!("bench {name}")),
-        Cmd::Pktgen(_) => return not_yet("pktgen"),
-        Cmd::Stats(_) => return not_yet("stats"),
+        Cmd::Demo => xtask::demo::run()?,
+        Cmd::Run(r) => xtask::run::run(&r.args)?,
+        Cmd::Bench { which } => match which {
+            BenchCmd::Xdp { repeat, rounds } => xtask::bench::xdp(repeat, rounds)?,
+            BenchCmd::UdpRx { seconds, size } => xtask::bench::udp_rx(seconds, size)?,
+            BenchCmd::Other(args) => {
+                return Err(xtask::bench::unknown(
+                    args.first().map_or("", String::as_str),
+                ));
+            }
+        },
+        Cmd::Pktgen(a) => xtask::pktgen::run(&PktgenOptions {
+            lab: a.lab,
+            iface: a.iface,
+            dst: a.dst,
+            src: a.src,
+            dst_mac: a.dst_mac,
+            size: a.size,
+            seconds: a.seconds,
+            batch: a.batch,
+        })?,
+        Cmd::Stats { file, watch } => xtask::stats::run(file.as_deref(), watch)?,
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -122,6 +122,19 @@ fn run_steps(opts: &TestOptions, steps: &mut Steps) -> Result<()> {
     })?;
 
     if root {
+        // The end-to-end tests run `target/debug/provider`: build it in the profile `cargo
+        // test` uses (debug) before they start.
+        let needs_provider = opts.packages.is_empty()
+            || opts
+                .packages
+                .iter()
+                .any(|p| p == "provider" || p == "provider-tests");
+        if needs_provider {
+            steps.step(
+                "cargo build -p provider --bins (for the end-to-end tests)",
+                || cmd::run(cmd::cargo().args(["build", "-p", "provider", "--bins"])),
+            )?;
+        }
         // Only the ignored (root/lab) tests: the rest just ran. One at a time, since they
         // share the host's CPU and some measure timing. `--tests`: no doctests here.
         steps.step("cargo test (root/lab tests)", || {

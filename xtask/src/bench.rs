@@ -1,0 +1,329 @@
+//! `cargo xtask bench <name>` (DESIGN §12): benchmarks print a table with the ratio and write
+//! `bench-results/<name>.json`. They are measurements, never assertions: a missed target is
+//! reported, not an error.
+//!
+//! - `xdp`: cost of the XDP steering program per packet (`provider bench-xdp`, i.e.
+//!   `BPF_PROG_TEST_RUN` repeat mode) against a bare `XDP_PASS` program in the same run.
+//! - `udp-rx`: UDP receive rate of a kernel socket vs the provider in the same lab, same
+//!   generator, pinned CPUs (sink on CPU 0, generator on CPU 1).
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+use crate::lab::{Lab, LabConfig};
+use crate::pktgen::{self, GenResult, Target};
+use crate::proc::{self, Proc};
+use crate::provider_bin;
+
+/// Known benchmark names, for the error on an unknown one.
+pub const NAMES: &[&str] = &["xdp", "udp-rx"];
+
+/// Target ratios from the issue (reported, not enforced).
+pub const XDP_STEER_MAX_RATIO: f64 = 1.5;
+pub const UDP_RX_MIN_RATIO: f64 = 3.0;
+
+pub fn unknown(name: &str) -> anyhow::Error {
+    anyhow::anyhow!(
+        "unknown benchmark {name:?}; known benchmarks: {}",
+        NAMES.join(", ")
+    )
+}
+
+fn write_result(name: &str, v: &Value) -> Result<()> {
+    let path = provider_bin::bench_results_dir()?.join(format!("{name}.json"));
+    std::fs::write(&path, serde_json::to_vec_pretty(v)?)
+        .with_context(|| format!("write {}", path.display()))?;
+    println!("results written to {}", path.display());
+    Ok(())
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// `cargo xtask bench xdp [--repeat N] [--rounds R]`.
+pub fn xdp(repeat: Option<u64>, rounds: Option<u64>) -> Result<()> {
+    provider_bin::require_root("bench xdp")?;
+    proc::install_signal_flag();
+    let bin = provider_bin::setup_and_build()?;
+    let mut c = std::process::Command::new(&bin);
+    c.arg("bench-xdp");
+    if let Some(r) = repeat {
+        c.args(["--repeat", &r.to_string()]);
+    }
+    if let Some(r) = rounds {
+        c.args(["--rounds", &r.to_string()]);
+    }
+    let mut p = Proc::spawn("provider bench-xdp", &mut c)?;
+    p.wait_success(Duration::from_secs(300))?;
+    let mut lines = Vec::new();
+    while let Some(l) = p.next_line(Duration::from_millis(200))? {
+        lines.push(l);
+    }
+    let v = proc::last_json(&lines).context("provider bench-xdp printed no JSON line")?;
+    let f = |k: &str| {
+        v.get(k)
+            .and_then(Value::as_f64)
+            .with_context(|| format!("bench-xdp result has no {k}: {v}"))
+    };
+    let (pass, hit, miss) = (f("pass_ns")?, f("steer_hit_ns")?, f("steer_miss_ns")?);
+    let ratio_hit = f("ratio_hit").unwrap_or(hit / pass);
+    let ratio_miss = f("ratio_miss").unwrap_or(miss / pass);
+    println!(
+        "\nXDP program cost, BPF_PROG_TEST_RUN repeat={} rounds={} (median per program)",
+        v.get("repeat").map_or("?".into(), Value::to_string),
+        v.get("rounds").map_or("?".into(), Value::to_string)
+    );
+    println!(
+        "  {:<38} {:>9} {:>12}",
+        "program", "ns/packet", "vs XDP_PASS"
+    );
+    println!("  {:<38} {:>9.1} {:>11.2}×", "bare XDP_PASS", pass, 1.0);
+    println!(
+        "  {:<38} {:>9.1} {:>11.2}×",
+        "steer, hit (redirect to XSKMAP)", hit, ratio_hit
+    );
+    println!(
+        "  {:<38} {:>9.1} {:>11.2}×",
+        "steer, miss (not ours → XDP_PASS)", miss, ratio_miss
+    );
+    let worst = ratio_hit.max(ratio_miss);
+    let met = worst <= XDP_STEER_MAX_RATIO;
+    println!(
+        "  target: steer ≤ {XDP_STEER_MAX_RATIO}× bare pass — {} (worst {worst:.2}×)",
+        if met { "met" } else { "NOT met" }
+    );
+    write_result(
+        "xdp",
+        &json!({
+            "bench": "xdp",
+            "unix_time": unix_now(),
+            "raw": v,
+            "pass_ns": pass,
+            "steer_hit_ns": hit,
+            "steer_miss_ns": miss,
+            "ratio_hit": ratio_hit,
+            "ratio_miss": ratio_miss,
+            "target_max_ratio": XDP_STEER_MAX_RATIO,
+            "target_met": met,
+        }),
+    )
+}
+
+/// One sink measurement: the sink's pps lines while the generator ran.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SinkRun {
+    pub sink: &'static str,
+    /// Median of the pps samples taken while the generator ran, first and last dropped.
+    pub pps: f64,
+    pub samples: Vec<f64>,
+    pub received: u64,
+    pub generator: GenResult,
+}
+
+/// Median of `samples` (0 when empty).
+pub fn median(samples: &[f64]) -> f64 {
+    let mut v: Vec<f64> = samples.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// The samples read while the generator ran, without the first and last (partial periods).
+pub fn window(lines: &[(Instant, Value)], start: Instant, end: Instant) -> Vec<f64> {
+    let inside: Vec<f64> = lines
+        .iter()
+        .filter(|(t, _)| *t >= start && *t <= end)
+        .filter_map(|(_, v)| v.get("pps").and_then(Value::as_f64))
+        .collect();
+    if inside.len() > 2 {
+        inside[1..inside.len() - 1].to_vec()
+    } else {
+        inside
+    }
+}
+
+/// Starts a sink (already pinned / in its namespace), waits for `ready`, runs the generator
+/// pinned to CPU 1, then stops the sink and takes the median rate.
+fn measure(
+    sink_name: &'static str,
+    mut sink: Proc,
+    bin: &Path,
+    target: &Target,
+    size: usize,
+    seconds: u64,
+) -> Result<SinkRun> {
+    sink.wait_ready(Duration::from_secs(30))?;
+    // Let the sink settle (XDP attach, fill ring stocked) before frames arrive.
+    proc::sleep(Duration::from_millis(300))?;
+    let start = Instant::now();
+    let generator = pktgen::live_frames(bin, target, size, seconds, None, Some(1))?;
+    let end = Instant::now();
+    // One more sample period so the last window line is in.
+    proc::sleep(Duration::from_millis(300))?;
+    let status = sink.stop();
+    let mut lines = Vec::new();
+    let mut received = 0;
+    while let Some(l) = sink.next_line(Duration::from_millis(300))? {
+        if let Ok(v) = serde_json::from_str::<Value>(l.text.trim()) {
+            if let Some(c) = v.get("count").and_then(Value::as_u64) {
+                received = received.max(c);
+            }
+            lines.push((l.at, v));
+        }
+    }
+    if lines.is_empty() {
+        bail!(
+            "{sink_name} printed no samples ({status}); stderr:\n{}",
+            sink.stderr_tail()
+        );
+    }
+    let samples = window(&lines, start, end);
+    Ok(SinkRun {
+        sink: sink_name,
+        pps: median(&samples),
+        samples,
+        received,
+        generator,
+    })
+}
+
+/// `cargo xtask bench udp-rx [--seconds S] [--size N]`.
+pub fn udp_rx(seconds: u64, size: usize) -> Result<()> {
+    provider_bin::require_root("bench udp-rx")?;
+    if seconds < 1 {
+        bail!("--seconds must be at least 1");
+    }
+    proc::install_signal_flag();
+    let bin = provider_bin::setup_and_build()?;
+    eprintln!("==> lab up (1 queue)");
+    let lab = Lab::up(&LabConfig {
+        queues: 1,
+        ..LabConfig::default()
+    })?;
+    const PORT: u16 = 9;
+    let dst = SocketAddr::new(IpAddr::V4(lab.provider_v4), PORT);
+    let target = Target::lab(&lab, dst)?;
+    // Upper bound for the sinks' own timer; they are stopped (SIGTERM) right after the run.
+    let sink_secs = (seconds + 60).to_string();
+    let pinned = |lab: &Lab| {
+        let mut c = lab.provider_cmd("taskset");
+        c.args(["-c", "0"]).arg(&bin);
+        c
+    };
+
+    eprintln!("==> (a) kernel socket sink on CPU 0, generator on CPU 1, {seconds} s");
+    let sink = Proc::spawn(
+        "provider kernel-sink",
+        pinned(&lab)
+            .args(["kernel-sink", "--port", &PORT.to_string()])
+            .args(["--attach-pass", &lab.provider_if, "--seconds", &sink_secs]),
+    )?;
+    let kernel = measure(
+        "kernel socket (recvmmsg)",
+        sink,
+        &bin,
+        &target,
+        size,
+        seconds,
+    )?;
+
+    eprintln!("==> (b) provider sink on CPU 0, generator on CPU 1, {seconds} s");
+    let sink = Proc::spawn(
+        "provider provider-sink",
+        pinned(&lab)
+            .args(["provider-sink", "--iface", &lab.provider_if])
+            .args(["--port", &PORT.to_string(), "--seconds", &sink_secs]),
+    )?;
+    let provider = measure(
+        "provider (XDP → AF_XDP → WSP UDP)",
+        sink,
+        &bin,
+        &target,
+        size,
+        seconds,
+    )?;
+
+    let ratio = if kernel.pps > 0.0 {
+        provider.pps / kernel.pps
+    } else {
+        f64::NAN
+    };
+    let met = ratio >= UDP_RX_MIN_RATIO;
+    println!(
+        "\nUDP receive rate, lab {} (veth, 1 queue), {} B payload ({} B frames), {seconds} s per run, sink CPU 0, generator CPU 1",
+        lab.name, size, kernel.generator.frame_len
+    );
+    println!(
+        "  {:<36} {:>12} {:>14} {:>12}",
+        "receiver", "rx pps", "generator pps", "received"
+    );
+    for r in [&kernel, &provider] {
+        println!(
+            "  {:<36} {:>12.0} {:>14.0} {:>12}",
+            r.sink, r.pps, r.generator.pps, r.received
+        );
+    }
+    println!(
+        "  ratio provider / kernel: {ratio:.2}× — target ≥ {UDP_RX_MIN_RATIO}×: {}",
+        if met { "met" } else { "NOT met" }
+    );
+    println!(
+        "  (rx pps = median of the sink's 250 ms samples while the generator ran, first and last dropped)"
+    );
+    let result = json!({
+        "bench": "udp-rx",
+        "unix_time": unix_now(),
+        "lab": { "queues": lab.queues, "mtu": lab.mtu },
+        "seconds": seconds,
+        "payload": size,
+        "kernel": kernel,
+        "provider": provider,
+        "ratio": ratio,
+        "target_min_ratio": UDP_RX_MIN_RATIO,
+        "target_met": met,
+    });
+    write_result("udp-rx", &result)?;
+    lab.down()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn median_and_window() {
+        assert_eq!(median(&[]), 0.0);
+        assert_eq!(median(&[3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&[4.0, 1.0, 2.0, 3.0]), 2.5);
+        let t0 = Instant::now();
+        let at = |ms| t0 + Duration::from_millis(ms);
+        let lines: Vec<(Instant, Value)> = [
+            (0, 1.0),
+            (250, 10.0),
+            (500, 20.0),
+            (750, 30.0),
+            (1000, 5.0),
+            (1250, 0.0),
+        ]
+        .into_iter()
+        .map(|(ms, pps)| (at(ms), json!({ "pps": pps })))
+        .collect();
+        // Generator ran from 100 ms to 1100 ms: 250..1000 inside, first and last dropped.
+        assert_eq!(window(&lines, at(100), at(1100)), vec![20.0, 30.0]);
+        assert!(unknown("nope").to_string().contains("xdp, udp-rx"));
+    }
+}
