@@ -67,11 +67,49 @@ fn scalar(v: &Value) -> String {
     }
 }
 
+/// Display order of the counters the binary documents (serde_json sorts keys); unknown keys
+/// follow in alphabetical order.
+const KEY_ORDER: &[&str] = &[
+    // xdp
+    "steered",
+    "passed_not_ours",
+    "passed_malformed",
+    "passed_fragment",
+    "passed_ext_header",
+    "redirect_failed",
+    // queues
+    "queue",
+    "zero_copy",
+    "xsk",
+    "rx_dropped",
+    "rx_invalid_descs",
+    "tx_invalid_descs",
+    "rx_ring_full",
+    "rx_fill_ring_empty_descs",
+    "tx_ring_empty_descs",
+    "pending_tx",
+    "free_tx_frames",
+    // engine
+    "rx_frames",
+    "rx_udp",
+    "rx_malformed",
+    "rx_bad_checksum",
+    "rx_no_socket",
+    "rx_unhandled_proto",
+    "tx_frames",
+];
+
+fn ordered(m: &Map<String, Value>) -> Vec<(&String, &Value)> {
+    let mut v: Vec<_> = m.iter().collect();
+    v.sort_by_key(|(k, _)| KEY_ORDER.iter().position(|o| o == k).unwrap_or(usize::MAX));
+    v
+}
+
 /// Flattens nested objects into `a.b.c` keys (arrays are shown as JSON).
 fn flatten(prefix: &str, v: &Value, out: &mut Vec<(String, String)>) {
     match v {
         Value::Object(m) => {
-            for (k, v) in m {
+            for (k, v) in ordered(m) {
                 let key = if prefix.is_empty() {
                     k.clone()
                 } else {
@@ -209,7 +247,7 @@ pub fn render(v: &Value) -> String {
             other => kv_section(&mut out, "Sockets", other),
         }
     }
-    for (k, val) in top {
+    for (k, val) in ordered(top) {
         if !["xdp", "queues", "engine", "sockets"].contains(&k.as_str()) {
             match val {
                 Value::Array(items) => columns_section(&mut out, k, items, |i, _| format!("#{i}")),
