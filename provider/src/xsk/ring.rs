@@ -163,11 +163,11 @@ impl<T: Copy> RawRing<T> {
         }
         let base = map.as_ptr();
         for off in [layout.producer, layout.consumer, layout.flags] {
-            if off % 4 != 0 {
+            if !off.is_multiple_of(4) {
                 return Err(invalid("misaligned ring index"));
             }
         }
-        if layout.desc % std::mem::align_of::<T>() as u64 != 0 {
+        if !layout.desc.is_multiple_of(std::mem::align_of::<T>() as u64) {
             return Err(invalid("misaligned ring descriptors"));
         }
         // `map_len` proved every offset (plus its object) fits in the mapping, so the offsets fit
