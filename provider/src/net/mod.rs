@@ -13,7 +13,7 @@ pub mod ethernet;
 pub mod frame;
 pub mod ipv4;
 pub mod ipv6;
-//TMP pub mod neighbour;
+pub mod neighbour;
 pub mod tcp;
 pub mod udp;
 
@@ -21,9 +21,9 @@ pub use ethernet::Ethernet;
 pub use frame::{BuildError, L3, Parsed, build_udp, parse, udp_header_overhead};
 pub use ipv4::Ipv4;
 pub use ipv6::Ipv6;
-//TMP pub use neighbour::{
-//TMP    Neighbours, ifindex, interface_addrs, interface_mac, interface_mtu, num_rx_queues,
-//TMP };
+pub use neighbour::{
+    Neighbours, ifindex, interface_addrs, interface_mac, interface_mtu, num_rx_queues,
+};
 pub use tcp::{Tcp, TcpFlags};
 pub use udp::Udp;
 
