@@ -242,7 +242,7 @@ mod tests {
             100
         );
         assert_eq!(
-            d.register_ephemeral(ip, &(5..=4), 6, false, 6),
+            d.register_ephemeral(ip, &RangeInclusive::new(5, 4), 6, false, 6),
             Err(WsaError::WSAENOBUFS)
         );
         assert_eq!(
