@@ -18,13 +18,13 @@
 //! | | WSAESOCKTNOSUPPORT | `ty` not SOCK_DGRAM (2); SOCK_STREAM (1) too until the TCP issue |
 //! | | WSAEPROTONOSUPPORT | `protocol` not 0 / IPPROTO_UDP (17) for a datagram socket |
 //! | | WSAEMFILE | the handle table is full (`ProviderConfig::max_sockets`) |
-//! | `wsp_bind` | WSAEFAULT | address family differs from the socket's (Winsock `bind`: "name … incorrect address format for the associated address family") |
+//! | `wsp_bind` | WSAEFAULT | address family differs from the socket's (Winsock `bind` documents WSAEFAULT when "the first two bytes of … name do not match the address family associated with the socket") |
 //! | | WSAEINVAL | socket already bound (explicitly or by a send) |
 //! | | WSAEADDRNOTAVAIL | address neither the wildcard nor one of `Datapath::local_addrs` |
 //! | | WSAEADDRINUSE | endpoint taken, unless both sockets set SO_REUSEADDR |
 //! | | WSAENOBUFS | port 0 and the ephemeral range is exhausted |
 //! | | (datapath) | whatever `Datapath::steer_add` returns; the bind is undone |
-//! | `wsp_send_to` | WSAEFAULT | destination family differs from the socket's |
+//! | `wsp_send_to` | WSAEFAULT | destination family differs from the socket's (as `bind`; Winsock `sendto` also lists WSAEAFNOSUPPORT for this — we keep one code for both calls) |
 //! | | WSAEADDRNOTAVAIL | destination address unspecified, or port 0 |
 //! | | WSAEMSGSIZE | payload larger than `Datapath::max_udp_payload` (no fragmentation) or than a UDP datagram can be |
 //! | | WSAENETDOWN | `Datapath::is_up` is false |
