@@ -54,7 +54,8 @@ use std::sync::{Arc, Mutex};
 use provider_common::{PROTO_UDP, SteerKey};
 use serde::{Deserialize, Serialize};
 
-use crate::socket::entry::{IPPROTO_UDP, Proto, SOCK_DGRAM, SOCK_STREAM, lock};
+pub use crate::socket::entry::{AF_INET, AF_INET6, IPPROTO_UDP, SOCK_DGRAM, SOCK_STREAM};
+use crate::socket::entry::{Proto, lock};
 use crate::socket::options::{FIONBIO, FIONREAD};
 use crate::socket::table::{DEFAULT_CAPACITY, Removed, SocketTable};
 use crate::socket::{

@@ -28,7 +28,7 @@ mod socket;
 mod sys;
 mod umem;
 
-pub use socket::Xsk;
+pub use socket::{Poller, Xsk};
 
 /// How to bind the socket to the queue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
@@ -81,7 +81,7 @@ impl Default for XskConfig {
 }
 
 /// The socket's `XDP_STATISTICS` counters (fields a kernel does not report stay 0).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct XskStatistics {
     /// Frames dropped for reasons other than invalid descriptors (e.g. no fill entry, RX full).
     pub rx_dropped: u64,

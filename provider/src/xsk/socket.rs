@@ -238,6 +238,12 @@ impl Xsk {
         sys::poll_one(self.fd.as_fd(), events, timeout_ms)
     }
 
+    /// A duplicate of the socket's descriptor for sleeping on RX readiness without holding the
+    /// `Xsk` (the engine's queue thread polls while senders use the TX ring).
+    pub fn poller(&self) -> io::Result<Poller> {
+        Ok(Poller(self.fd.try_clone()?))
+    }
+
     /// The mode actually bound: [`BindMode::Copy`] or [`BindMode::ZeroCopy`].
     pub fn mode(&self) -> BindMode {
         self.mode
@@ -439,4 +445,16 @@ impl std::fmt::Debug for Xsk {
 #[cfg(test)]
 pub(super) fn validate_config(cfg: &XskConfig) -> io::Result<()> {
     validate(cfg)
+}
+
+/// See [`Xsk::poller`].
+#[derive(Debug)]
+pub struct Poller(OwnedFd);
+
+impl Poller {
+    /// Sleep until RX has frames or `timeout_ms` passes; true if readable.
+    pub fn wait_readable(&self, timeout_ms: i32) -> bool {
+        sys::poll_one(self.0.as_fd(), libc::POLLIN, timeout_ms)
+            .is_ok_and(|revents| revents & libc::POLLIN != 0)
+    }
 }
