@@ -126,6 +126,44 @@ fn udp_echo_over_two_queues() {
     let stats = provider.stats().unwrap();
     let queues = stats["queues"].as_array().unwrap();
     assert_eq!(queues.len(), 2, "one AF_XDP socket per RX queue");
+    for q in queues {
+        assert!(
+            q["rx_frames"].as_u64().unwrap() > 0,
+            "queue {} received nothing: {stats:#}",
+            q["queue"]
+        );
+    }
+    assert_eq!(stat(&stats, &["engine", "rx_udp"]), 4000);
+}
+
+#[test]
+#[ignore = "needs root and network namespaces"]
+fn udp_echo_in_forced_skb_mode() {
+    let lab = lab(1);
+    let provider =
+        ProviderProcess::start(&lab, &["echo", "--udp", "7", "--attach", "skb"]).unwrap();
+    let n = in_peer(&lab, || {
+        echo_random(
+            SocketAddr::new(PROVIDER_V4.into(), ECHO_PORT),
+            PEER_V4.into(),
+            1000,
+            1472,
+            5,
+        )
+    });
+    assert_eq!(n, 1000);
+    let stats = provider.stats().unwrap();
+    assert!(stat(&stats, &["xdp", "steered"]) >= 1000);
+    let mode = lab
+        .exec_ok(
+            &lab.provider_ns,
+            &["ip", "-d", "link", "show", &lab.provider_if],
+        )
+        .unwrap();
+    assert!(
+        mode.contains("xdpgeneric"),
+        "attached in SKB (generic) mode: {mode}"
+    );
 }
 
 #[test]

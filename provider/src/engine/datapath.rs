@@ -12,7 +12,7 @@ use provider_common::SteerKey;
 
 use super::{
     Running,
-    stats::{EngineCounters, EngineStats, QueueStats},
+    stats::{EngineCounters, EngineStats, QueueCounters, QueueStats},
 };
 use crate::{
     api::Provider,
@@ -37,6 +37,7 @@ pub struct XdpDatapath {
     neighbours: Mutex<Neighbours>,
     running: Running,
     pub(super) counters: EngineCounters,
+    pub(super) queue_counters: Vec<QueueCounters>,
 }
 
 /// Lock, recovering from a poisoned mutex: the guarded state stays consistent because no
@@ -61,6 +62,7 @@ impl XdpDatapath {
             mtu: mtu as usize,
             addrs,
             steering: Mutex::new(steering),
+            queue_counters: xsks.iter().map(|_| QueueCounters::default()).collect(),
             xsks,
             neighbours: Mutex::new(neighbours),
             running: Arc::new(AtomicBool::new(true)),
@@ -80,7 +82,8 @@ impl XdpDatapath {
         self.running.store(false, Ordering::Release);
     }
 
-    /// Unregister every queue's socket and detach the program (by dropping its link).
+    /// Unregister every queue's socket, forget every endpoint and detach the program, so the
+    /// interface's traffic goes to the kernel even while the `Provider` object lives on.
     pub(super) fn detach(&self) {
         let mut steering = lock(&self.steering);
         for q in 0..self.xsks.len() as u32 {
@@ -88,6 +91,9 @@ impl XdpDatapath {
         }
         for key in steering.steered_keys() {
             let _ = steering.steer_remove(&key);
+        }
+        if let Err(err) = steering.detach() {
+            tracing::warn!(%err, "XDP detach failed");
         }
     }
 
@@ -100,10 +106,13 @@ impl XdpDatapath {
         let queues = self
             .xsks
             .iter()
-            .map(|x| {
+            .zip(&self.queue_counters)
+            .map(|(x, c)| {
                 let x = lock(x);
                 QueueStats {
                     queue: x.queue(),
+                    rx_frames: c.rx_frames.load(Ordering::Relaxed),
+                    tx_frames: c.tx_frames.load(Ordering::Relaxed),
                     zero_copy: matches!(x.mode(), crate::xsk::BindMode::ZeroCopy),
                     xsk: x.statistics().unwrap_or_default(),
                     pending_tx: x.pending_tx(),
@@ -191,6 +200,9 @@ impl Datapath for XdpDatapath {
         })?;
         xsk.reap_completions();
         self.counters.add_tx(1);
+        self.queue_counters[q]
+            .tx_frames
+            .fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 

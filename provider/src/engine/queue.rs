@@ -29,6 +29,9 @@ pub(super) fn run(queue: u32, dp: &XdpDatapath, provider: &Provider, cfg: &Engin
             n
         };
         dp.counters.add_rx(n as u64);
+        dp.queue_counters[queue as usize]
+            .rx_frames
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         if n == 0 && !cfg.busy_poll {
             // Sleep without holding the queue lock so senders can use the TX ring meanwhile.
             poller.wait_readable(IDLE_POLL_MS);

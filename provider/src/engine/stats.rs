@@ -65,10 +65,19 @@ impl EngineCounters {
     }
 }
 
+/// Frames through one queue's AF_XDP socket.
+#[derive(Debug, Default)]
+pub struct QueueCounters {
+    pub(super) rx_frames: AtomicU64,
+    pub(super) tx_frames: AtomicU64,
+}
+
 /// One AF_XDP socket's view.
 #[derive(Clone, Debug, Serialize)]
 pub struct QueueStats {
     pub queue: u32,
+    pub rx_frames: u64,
+    pub tx_frames: u64,
     pub zero_copy: bool,
     pub xsk: XskStatistics,
     pub pending_tx: usize,
