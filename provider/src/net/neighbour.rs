@@ -214,6 +214,9 @@ pub struct Neighbours {
     ifindex: u32,
     rtnl: Rtnl,
     cache: HashMap<IpAddr, (Option<[u8; 6]>, Instant)>,
+    /// Next hop per destination: asking rtnetlink for addresses and routes costs tens of
+    /// microseconds, far too much per datagram.
+    hops: HashMap<IpAddr, (IpAddr, Instant)>,
     /// Whether the last trigger had to use the UDP fallback (see the module doc).
     used_fallback: bool,
 }
@@ -234,6 +237,7 @@ impl Neighbours {
             ifindex,
             rtnl: Rtnl::new()?,
             cache: HashMap::new(),
+            hops: HashMap::new(),
             used_fallback: false,
         })
     }
@@ -298,7 +302,22 @@ impl Neighbours {
     /// The next hop for `dst`: `dst` itself when it is inside one of the interface's prefixes,
     /// otherwise the gateway of the kernel's route to `dst` out of this interface (or `dst` when that
     /// route has no gateway, i.e. is on-link).
+    /// Answers are cached for [`POSITIVE_TTL`].
     pub fn next_hop(&mut self, dst: IpAddr) -> io::Result<IpAddr> {
+        if let Some(&(hop, at)) = self.hops.get(&dst)
+            && at.elapsed() < POSITIVE_TTL
+        {
+            return Ok(hop);
+        }
+        let hop = self.next_hop_uncached(dst)?;
+        if self.hops.len() >= CACHE_PRUNE_AT {
+            self.hops.retain(|_, (_, at)| at.elapsed() < POSITIVE_TTL);
+        }
+        self.hops.insert(dst, (hop, Instant::now()));
+        Ok(hop)
+    }
+
+    fn next_hop_uncached(&mut self, dst: IpAddr) -> io::Result<IpAddr> {
         let addrs = self.rtnl.addrs(self.ifindex)?;
         if addrs.iter().any(|&(net, len, _)| in_prefix(dst, net, len)) {
             return Ok(dst);
