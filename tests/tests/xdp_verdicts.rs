@@ -261,3 +261,48 @@ fn pass_program_passes() {
         XDP_PASS
     );
 }
+
+/// With an AF_XDP socket registered for queue 0, a STEER hit is a real redirect.
+#[test]
+#[ignore = "needs root and network namespaces"]
+fn steered_frames_redirect_to_a_registered_xsk() {
+    use provider::xsk::{Xsk, XskConfig};
+    let lab = xtask::lab::Lab::up(&xtask::lab::LabConfig::default()).unwrap();
+    let ns = lab.provider_ns_path();
+    let ifname = lab.provider_if.clone();
+    std::thread::spawn(move || {
+        let _in_ns = xtask::lab::NsGuard::enter(&ns).unwrap();
+        let ifindex = provider::net::neighbour::ifindex(&ifname).unwrap();
+        let xsk = Xsk::new(ifindex, 0, &XskConfig::default()).unwrap();
+        let mut s = loaded();
+        s.set_xsk(0, &xsk.fd()).unwrap();
+        let steered = VerdictCounters {
+            steered: 1,
+            ..Default::default()
+        };
+        for (name, frame) in [
+            ("udp v4", udp_v4(PORT)),
+            ("tcp v4", tcp_v4(PORT)),
+            ("udp v6", udp_v6(PORT)),
+            ("tcp v6 wildcard", tcp_v6(PORT)),
+            ("udp v4 802.1Q", udp_v4_vlan(PORT)),
+        ] {
+            assert_eq!(
+                verdict(&s, &frame),
+                (provider::xdp::XDP_REDIRECT, steered),
+                "{name}"
+            );
+        }
+        // Not ours still passes, with the socket registered.
+        let not_ours = VerdictCounters {
+            passed_not_ours: 1,
+            ..Default::default()
+        };
+        assert_eq!(verdict(&s, &udp_v4(PORT + 1)), (XDP_PASS, not_ours));
+        // Unregistered again: back to the fallback.
+        s.clear_xsk(0).unwrap();
+        assert_eq!(verdict(&s, &udp_v4(PORT)), (XDP_PASS, ours()));
+    })
+    .join()
+    .unwrap();
+}

@@ -1,1 +1,491 @@
-//! See DESIGN.md.
+//! The WSP calls (DESIGN §6, §7) over the socket table, for UDP datagram sockets.
+//!
+//! [`Provider`] is the socket provider: one handle table, one UDP demultiplexer and the
+//! [`Datapath`] that moves frames. Any thread may call anything. Blocking calls sleep on the
+//! socket's condition variable and are woken by [`Provider::deliver_udp`] (the engine's inbound
+//! hook) or by the last close. Stream sockets (TCP) arrive in a later issue on the same table;
+//! every call dispatches on [`SocketKind`].
+//!
+//! # Error codes
+//!
+//! Every call first resolves its handle: a handle that is 0, `INVALID_SOCKET`, made up, closed,
+//! or names a slot reused since (new generation) gives **WSAENOTSOCK**, for every call,
+//! `wsp_close_socket` included. The other codes, in the order they are checked:
+//!
+//! | call | code | when |
+//! |---|---|---|
+//! | `wsp_socket` | WSAEAFNOSUPPORT | `af` not AF_INET (2) / AF_INET6 (23, or Linux 10) |
+//! | | WSAESOCKTNOSUPPORT | `ty` not SOCK_DGRAM (2); SOCK_STREAM (1) too until the TCP issue |
+//! | | WSAEPROTONOSUPPORT | `protocol` not 0 / IPPROTO_UDP (17) for a datagram socket |
+//! | | WSAEMFILE | the handle table is full (`ProviderConfig::max_sockets`) |
+//! | `wsp_bind` | WSAEFAULT | address family differs from the socket's (Winsock `bind` documents WSAEFAULT when "the first two bytes of … name do not match the address family associated with the socket") |
+//! | | WSAEINVAL | socket already bound (explicitly or by a send) |
+//! | | WSAEADDRNOTAVAIL | address neither the wildcard nor one of `Datapath::local_addrs` |
+//! | | WSAEADDRINUSE | endpoint taken, unless both sockets set SO_REUSEADDR |
+//! | | WSAENOBUFS | port 0 and the ephemeral range is exhausted |
+//! | | (datapath) | whatever `Datapath::steer_add` returns; the bind is undone |
+//! | `wsp_send_to` | WSAEFAULT | destination family differs from the socket's (as `bind`; Winsock `sendto` also lists WSAEAFNOSUPPORT for this — we keep one code for both calls) |
+//! | | WSAEADDRNOTAVAIL | destination address unspecified, or port 0 |
+//! | | WSAEMSGSIZE | payload larger than `Datapath::max_udp_payload` (no fragmentation) or than a UDP datagram can be |
+//! | | WSAENETDOWN | `Datapath::is_up` is false |
+//! | | WSAENOBUFS | unbound socket (auto-bind to the wildcard) and the ephemeral range is exhausted |
+//! | | WSAENETUNREACH | bound to the wildcard and the datapath has no address of this family |
+//! | | (datapath) | whatever `Datapath::send_udp` returns (WSAEHOSTUNREACH, WSAENOBUFS, …) |
+//! | `wsp_recv_from` | WSAEINVAL | socket not bound (Winsock `recvfrom` on an unbound socket) |
+//! | | WSAEWOULDBLOCK | nonblocking and nothing queued |
+//! | | WSAEINTR | a blocking call was pending when the last handle was closed by another thread |
+//! | | WSAEMSGSIZE | datagram larger than the buffer: the buffer is filled, the rest is discarded, the datagram is consumed (Winsock). `wsp_recv_msg` gives length and sender in that case |
+//! | `wsp_close_socket` | — | datagram close never fails on a valid handle (nothing to flush; also when the datapath is down) |
+//! | `wsp_ioctl` | WSAEINVAL | code other than FIONBIO / FIONREAD (WSPIoctl: "not a valid command"; we do not use WSAEOPNOTSUPP) |
+//! | `wsp_set_sock_opt` | WSAEINVAL | unknown level, or negative SO_SNDBUF / SO_RCVBUF |
+//! | | WSAENOPROTOOPT | unknown name; read-only option (SO_ERROR, SO_TYPE); option meaningless for UDP (SO_LINGER, SO_DONTLINGER, SO_KEEPALIVE, TCP_NODELAY) |
+//! | | WSAEFAULT | `optval` shorter than the option (4 bytes) |
+//! | `wsp_get_sock_opt` | WSAEINVAL / WSAENOPROTOOPT / WSAEFAULT | as for set (minus read-only) |
+//! | `wsp_get_sock_name` | WSAEINVAL | socket not bound |
+//! | `duplicate` | WSAEMFILE | the handle table is full |
+//!
+//! A closed socket reached through a handle resolved just before the close behaves like a stale
+//! handle (WSAENOTSOCK), except a blocking call that was already sleeping (WSAEINTR).
+use std::net::{IpAddr, SocketAddr};
+use std::ops::RangeInclusive;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use provider_common::{PROTO_UDP, SteerKey};
+use serde::{Deserialize, Serialize};
+
+pub use crate::socket::entry::{AF_INET, AF_INET6, IPPROTO_UDP, SOCK_DGRAM, SOCK_STREAM};
+use crate::socket::entry::{Proto, lock};
+use crate::socket::options::{FIONBIO, FIONREAD};
+use crate::socket::table::{DEFAULT_CAPACITY, Removed, SocketTable};
+use crate::socket::{
+    Datapath, Family, Socket, SocketEntry, SocketKind, SocketOptions, WsaError, WspResult,
+};
+use crate::udp::{DEFAULT_EPHEMERAL, UdpDemux, UdpState};
+
+pub mod loopback;
+#[cfg(test)]
+mod tests;
+
+pub use loopback::LoopbackDatapath;
+
+/// Largest UDP payload over IPv4 (65535 − 20 − 8) and IPv6 (65535 − 8, no jumbograms).
+const MAX_UDP_V4: usize = 65507;
+const MAX_UDP_V6: usize = 65527;
+
+/// Provider settings.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ProviderConfig {
+    /// Handles open at once (WSAEMFILE beyond). Default 65536.
+    pub max_sockets: usize,
+    /// Ports for implicit binds and `bind(port 0)`. Default 61000..=65535, which the lab reserves
+    /// from the kernel. Port 0 in the range is never handed out.
+    pub ephemeral_ports: RangeInclusive<u16>,
+    /// Initial SO_RCVBUF (bytes). Default 1 MiB.
+    pub default_rcvbuf: usize,
+    /// Initial SO_SNDBUF (bytes). Default 1 MiB (stored; UDP sends are not buffered).
+    pub default_sndbuf: usize,
+}
+
+impl Default for ProviderConfig {
+    fn default() -> Self {
+        ProviderConfig {
+            max_sockets: DEFAULT_CAPACITY,
+            ephemeral_ports: DEFAULT_EPHEMERAL,
+            default_rcvbuf: 1 << 20,
+            default_sndbuf: 1 << 20,
+        }
+    }
+}
+
+/// Counters, as `provider stats` prints them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct ProviderStats {
+    /// Underlying sockets not yet released (duplicates count once).
+    pub sockets_open: u64,
+    /// Live handles (duplicates count each).
+    pub handles_open: u64,
+    /// Distinct bound UDP endpoints.
+    pub udp_endpoints: u64,
+    /// Datagrams handed to the datapath.
+    pub udp_sent: u64,
+    /// Datagrams queued on a socket by `deliver_udp`.
+    pub udp_delivered: u64,
+    /// Datagrams dropped because the socket's SO_RCVBUF was full.
+    pub udp_dropped_queue_full: u64,
+    /// Datagrams for which no (open) socket was bound.
+    pub udp_no_socket: u64,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    sockets_open: AtomicU64,
+    udp_sent: AtomicU64,
+    udp_delivered: AtomicU64,
+    udp_dropped_queue_full: AtomicU64,
+    udp_no_socket: AtomicU64,
+}
+
+fn bump(c: &AtomicU64) {
+    c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// What `wsp_recv_msg` returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecvMeta {
+    /// Bytes copied into the buffer.
+    pub len: usize,
+    /// Sender.
+    pub from: SocketAddr,
+    /// Size of the datagram; larger than `len` if it was truncated.
+    pub datagram_len: usize,
+}
+
+impl RecvMeta {
+    /// True if the datagram did not fit (Winsock reports WSAEMSGSIZE).
+    pub fn truncated(&self) -> bool {
+        self.datagram_len > self.len
+    }
+}
+
+/// The socket provider.
+pub struct Provider {
+    datapath: Arc<dyn Datapath>,
+    config: ProviderConfig,
+    table: SocketTable,
+    udp: UdpDemux<Arc<SocketEntry>>,
+    /// Serialises demux registration with the matching STEER add/remove, so the "first on this
+    /// endpoint → steer_add, last → steer_remove" bookkeeping cannot interleave. Never held by
+    /// the receive path. Lock order: socket state → `bind_lock` → demux.
+    bind_lock: Mutex<()>,
+    counters: Counters,
+}
+
+impl std::fmt::Debug for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Provider")
+            .field("config", &self.config)
+            .field("stats", &self.stats())
+            .finish()
+    }
+}
+
+/// The STEER key for a bound UDP endpoint (wildcard → all-zero address).
+pub fn udp_steer_key(local: SocketAddr) -> SteerKey {
+    match local.ip() {
+        IpAddr::V4(a) => SteerKey::v4(PROTO_UDP, a.octets(), local.port()),
+        IpAddr::V6(a) => SteerKey::v6(PROTO_UDP, a.octets(), local.port()),
+    }
+}
+
+impl Provider {
+    pub fn new(datapath: Arc<dyn Datapath>, config: ProviderConfig) -> Self {
+        Provider {
+            datapath,
+            table: SocketTable::new(config.max_sockets),
+            config,
+            udp: UdpDemux::new(),
+            bind_lock: Mutex::new(()),
+            counters: Counters::default(),
+        }
+    }
+
+    pub fn config(&self) -> &ProviderConfig {
+        &self.config
+    }
+
+    pub fn datapath(&self) -> &Arc<dyn Datapath> {
+        &self.datapath
+    }
+
+    /// WSPSocket.
+    pub fn wsp_socket(&self, af: i32, ty: i32, protocol: i32) -> WspResult<Socket> {
+        let family = Family::from_af(af)?;
+        let kind = match ty {
+            SOCK_DGRAM => SocketKind::Datagram,
+            // The TCP issue adds stream sockets on this same table.
+            SOCK_STREAM => return Err(WsaError::WSAESOCKTNOSUPPORT),
+            _ => return Err(WsaError::WSAESOCKTNOSUPPORT),
+        };
+        let proto = match (kind, protocol) {
+            (SocketKind::Datagram, 0 | IPPROTO_UDP) => Proto::Udp(UdpState::default()),
+            _ => return Err(WsaError::WSAEPROTONOSUPPORT),
+        };
+        let options = SocketOptions::new(self.config.default_rcvbuf, self.config.default_sndbuf);
+        let entry = Arc::new(SocketEntry::new(family, kind, options, proto));
+        let s = self.table.insert(entry)?;
+        bump(&self.counters.sockets_open);
+        Ok(s)
+    }
+
+    /// WSPBind. Port 0 picks an ephemeral port; the wildcard address binds every local address.
+    pub fn wsp_bind(&self, s: Socket, addr: SocketAddr) -> WspResult<()> {
+        let e = self.table.get(s)?;
+        let mut st = e.lock_open()?;
+        if Family::of(&addr) != e.family {
+            return Err(WsaError::WSAEFAULT);
+        }
+        if st.udp().local.is_some() {
+            return Err(WsaError::WSAEINVAL);
+        }
+        let ip = addr.ip();
+        if !ip.is_unspecified() && !self.datapath.local_addrs().contains(&ip) {
+            return Err(WsaError::WSAEADDRNOTAVAIL);
+        }
+        let reuse = st.options.reuse_addr;
+        let local = self.bind_endpoint(&e, ip, addr.port(), reuse)?;
+        st.udp().local = Some(local);
+        Ok(())
+    }
+
+    /// Register `e` on (ip, port) — an ephemeral port if 0 — and steer the endpoint if it is new.
+    fn bind_endpoint(
+        &self,
+        e: &Arc<SocketEntry>,
+        ip: IpAddr,
+        port: u16,
+        reuse: bool,
+    ) -> WspResult<SocketAddr> {
+        let _g = lock(&self.bind_lock);
+        let (local, first) = if port == 0 {
+            let range = &self.config.ephemeral_ports;
+            (
+                self.udp
+                    .register_ephemeral(ip, range, e.id, reuse, Arc::clone(e))?,
+                true,
+            )
+        } else {
+            let local = SocketAddr::new(ip, port);
+            (local, self.udp.register(local, e.id, reuse, Arc::clone(e))?)
+        };
+        if first && let Err(err) = self.datapath.steer_add(udp_steer_key(local)) {
+            self.udp.unregister(local, e.id);
+            return Err(err);
+        }
+        Ok(local)
+    }
+
+    fn unbind_endpoint(&self, e: &SocketEntry, local: SocketAddr) {
+        let _g = lock(&self.bind_lock);
+        if self.udp.unregister(local, e.id) {
+            self.datapath.steer_remove(udp_steer_key(local));
+        }
+    }
+
+    /// WSPSendTo. Binds an unbound socket to the wildcard address and an ephemeral port first.
+    /// A wildcard-bound socket sends from the datapath's first address of its family.
+    pub fn wsp_send_to(&self, s: Socket, buf: &[u8], to: SocketAddr) -> WspResult<usize> {
+        let e = self.table.get(s)?;
+        if Family::of(&to) != e.family {
+            return Err(WsaError::WSAEFAULT);
+        }
+        if to.ip().is_unspecified() || to.port() == 0 {
+            return Err(WsaError::WSAEADDRNOTAVAIL);
+        }
+        let v6 = e.family == Family::V6;
+        let max = self
+            .datapath
+            .max_udp_payload(v6)
+            .min(if v6 { MAX_UDP_V6 } else { MAX_UDP_V4 });
+        if buf.len() > max {
+            return Err(WsaError::WSAEMSGSIZE);
+        }
+        if !self.datapath.is_up() {
+            return Err(WsaError::WSAENETDOWN);
+        }
+        let local = {
+            let mut st = e.lock_open()?;
+            match st.udp().local {
+                Some(l) => l,
+                None => {
+                    let reuse = st.options.reuse_addr;
+                    let l = self.bind_endpoint(&e, e.family.unspecified(), 0, reuse)?;
+                    st.udp().local = Some(l);
+                    l
+                }
+            }
+        };
+        // No socket lock is held while sending: a loopback datapath delivers synchronously,
+        // possibly to this very socket.
+        let src = if local.ip().is_unspecified() {
+            let ip = self
+                .datapath
+                .local_addrs()
+                .into_iter()
+                .find(|a| Family::of_ip(a) == e.family)
+                .ok_or(WsaError::WSAENETUNREACH)?;
+            SocketAddr::new(ip, local.port())
+        } else {
+            local
+        };
+        self.datapath.send_udp(src, to, buf)?;
+        bump(&self.counters.udp_sent);
+        Ok(buf.len())
+    }
+
+    /// WSPRecvFrom: the next datagram and its sender. Blocking sockets sleep until one arrives.
+    /// A datagram larger than `buf` fills `buf`, is consumed, and gives WSAEMSGSIZE (Winsock).
+    pub fn wsp_recv_from(&self, s: Socket, buf: &mut [u8]) -> WspResult<(usize, SocketAddr)> {
+        let m = self.wsp_recv_msg(s, buf)?;
+        if m.truncated() {
+            Err(WsaError::WSAEMSGSIZE)
+        } else {
+            Ok((m.len, m.from))
+        }
+    }
+
+    /// `wsp_recv_from` that reports truncation in the result instead of as WSAEMSGSIZE, so a
+    /// caller (the C ABI) can still fill in the sender of a truncated datagram.
+    pub fn wsp_recv_msg(&self, s: Socket, buf: &mut [u8]) -> WspResult<RecvMeta> {
+        let e = self.table.get(s)?;
+        let mut st = e.lock_open()?;
+        if st.udp().local.is_none() {
+            return Err(WsaError::WSAEINVAL);
+        }
+        loop {
+            if let Some(d) = st.udp().queue.pop() {
+                drop(st);
+                let len = d.payload.len().min(buf.len());
+                buf[..len].copy_from_slice(&d.payload[..len]);
+                return Ok(RecvMeta {
+                    len,
+                    from: d.from,
+                    datagram_len: d.payload.len(),
+                });
+            }
+            if st.nonblocking {
+                return Err(WsaError::WSAEWOULDBLOCK);
+            }
+            st.waiters += 1;
+            st = e
+                .readable
+                .wait(st)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            st.waiters -= 1;
+            if st.closed {
+                return Err(WsaError::WSAEINTR);
+            }
+        }
+    }
+
+    /// WSPCloseSocket. Releases the handle; the last handle of a socket releases the socket:
+    /// queued datagrams are discarded, blocked callers get WSAEINTR, the demux entry goes and
+    /// the STEER entry too if no other socket shares the endpoint. Closing a handle that is not
+    /// the last one interrupts nobody (the socket lives on through its other handles).
+    pub fn wsp_close_socket(&self, s: Socket) -> WspResult<()> {
+        let Removed { entry, last } = self.table.remove(s)?;
+        if !last {
+            return Ok(());
+        }
+        let local = {
+            let mut st = lock(&entry.state);
+            st.closed = true;
+            st.udp().queue.clear();
+            if st.waiters > 0 {
+                entry.readable.notify_all();
+            }
+            st.udp().local.take()
+        };
+        if let Some(local) = local {
+            self.unbind_endpoint(&entry, local);
+        }
+        self.counters.sockets_open.fetch_sub(1, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// WSPIoctl: FIONBIO (`*arg != 0` → nonblocking) and FIONREAD (`*arg` ← size of the first
+    /// queued datagram, 0 if none). Anything else → WSAEINVAL.
+    pub fn wsp_ioctl(&self, s: Socket, code: u32, arg: &mut u32) -> WspResult<()> {
+        let e = self.table.get(s)?;
+        let mut st = e.lock_open()?;
+        match code {
+            FIONBIO => st.nonblocking = *arg != 0,
+            FIONREAD => {
+                let n = st.udp().queue.front_len().unwrap_or(0);
+                *arg = u32::try_from(n).unwrap_or(u32::MAX);
+            }
+            _ => return Err(WsaError::WSAEINVAL),
+        }
+        Ok(())
+    }
+
+    /// WSPSetSockOpt (see `socket::options` for the rules).
+    pub fn wsp_set_sock_opt(
+        &self,
+        s: Socket,
+        level: i32,
+        name: i32,
+        optval: &[u8],
+    ) -> WspResult<()> {
+        let e = self.table.get(s)?;
+        let mut st = e.lock_open()?;
+        st.options.set(e.kind, level, name, optval)
+    }
+
+    /// WSPGetSockOpt: writes the value at the start of `optval`, returns its length.
+    pub fn wsp_get_sock_opt(
+        &self,
+        s: Socket,
+        level: i32,
+        name: i32,
+        optval: &mut [u8],
+    ) -> WspResult<usize> {
+        let e = self.table.get(s)?;
+        let mut st = e.lock_open()?;
+        st.options.get(e.kind, level, name, optval)
+    }
+
+    /// WSPGetSockName: the bound local endpoint (the wildcard address if bound to it).
+    pub fn wsp_get_sock_name(&self, s: Socket) -> WspResult<SocketAddr> {
+        let e = self.table.get(s)?;
+        let mut st = e.lock_open()?;
+        st.udp().local.ok_or(WsaError::WSAEINVAL)
+    }
+
+    /// A second handle to the same socket (WSPDuplicateSocket within the process). The socket is
+    /// released when its last handle is closed.
+    pub fn duplicate(&self, s: Socket) -> WspResult<Socket> {
+        self.table.duplicate(s)
+    }
+
+    /// Inbound hook for the engine: queue `payload` from `remote` on the socket bound to `local`
+    /// (exact address, then wildcard). False if no open socket is bound there (the caller may
+    /// count or pass it on); a full receive queue drops the datagram, counts it and returns true.
+    pub fn deliver_udp(&self, local: SocketAddr, remote: SocketAddr, payload: &[u8]) -> bool {
+        let Some(e) = self.udp.lookup(local) else {
+            bump(&self.counters.udp_no_socket);
+            return false;
+        };
+        let mut st = lock(&e.state);
+        if st.closed {
+            bump(&self.counters.udp_no_socket);
+            return false;
+        }
+        let limit = st.options.rcvbuf;
+        if st.udp().queue.push(remote, payload, limit) {
+            bump(&self.counters.udp_delivered);
+            if st.waiters > 0 {
+                e.readable.notify_one();
+            }
+        } else {
+            bump(&self.counters.udp_dropped_queue_full);
+        }
+        true
+    }
+
+    /// Current counters.
+    pub fn stats(&self) -> ProviderStats {
+        let c = &self.counters;
+        let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        ProviderStats {
+            sockets_open: get(&c.sockets_open),
+            handles_open: self.table.len() as u64,
+            udp_endpoints: self.udp.endpoints() as u64,
+            udp_sent: get(&c.udp_sent),
+            udp_delivered: get(&c.udp_delivered),
+            udp_dropped_queue_full: get(&c.udp_dropped_queue_full),
+            udp_no_socket: get(&c.udp_no_socket),
+        }
+    }
+}

@@ -130,6 +130,7 @@ pub struct Steering {
     xsks: XskMap<MapData>,
     stats: PerCpuArray<MapData, u64>,
     attached: Option<(u32, XdpMode)>,
+    link: Option<(Prog, aya::programs::xdp::XdpLinkId)>,
 }
 
 impl std::fmt::Debug for Steering {
@@ -163,6 +164,7 @@ impl Steering {
             xsks,
             stats,
             attached: None,
+            link: None,
         })
     }
 
@@ -201,9 +203,10 @@ impl Steering {
         let mut last = None;
         for &m in modes {
             match xdp.attach_to_if_index(ifindex, m) {
-                Ok(_) => {
+                Ok(link) => {
                     tracing::info!(ifindex, mode = ?m, program = prog.name(), "XDP attached");
                     self.attached = Some((ifindex, m));
+                    self.link = Some((prog, link));
                     return Ok(m);
                 }
                 Err(err) => {
@@ -216,6 +219,21 @@ impl Steering {
             ifindex,
             source: last.expect("at least one mode tried"),
         })
+    }
+
+    /// Detach the program now (dropping `Steering` also detaches). Idempotent.
+    pub fn detach(&mut self) -> Result<(), XdpError> {
+        if let Some((prog, link)) = self.link.take() {
+            self.attached = None;
+            self.program_mut(prog)?
+                .detach(link)
+                .map_err(|source| XdpError::Program {
+                    name: prog.name(),
+                    source,
+                })?;
+            tracing::info!(program = prog.name(), "XDP detached");
+        }
+        Ok(())
     }
 
     /// Where and how the program is attached, if it is.

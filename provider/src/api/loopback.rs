@@ -1,0 +1,153 @@
+//! An in-memory [`Datapath`] for unit tests and examples — not a network.
+//!
+//! It owns the addresses 198.18.0.1 and 2001:db8::1, records every STEER add/remove and every
+//! datagram sent, and delivers a datagram whose destination is one of its own addresses straight
+//! back into the attached [`Provider`], so two sockets of one provider can talk. Datagrams to
+//! other addresses are recorded and dropped.
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+use provider_common::SteerKey;
+
+use super::{Provider, ProviderConfig};
+use crate::socket::entry::lock;
+use crate::socket::{Datapath, WsaError};
+
+/// IPv4 address of the loopback datapath.
+pub const LOOPBACK_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 1);
+/// IPv6 address of the loopback datapath.
+pub const LOOPBACK_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
+
+/// One recorded STEER map operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SteerOp {
+    Add(SteerKey),
+    Remove(SteerKey),
+}
+
+/// One recorded datagram.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sent {
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    pub len: usize,
+}
+
+/// See the module documentation.
+#[derive(Debug)]
+pub struct LoopbackDatapath {
+    provider: OnceLock<Weak<Provider>>,
+    addrs: Vec<IpAddr>,
+    up: AtomicBool,
+    fail_steer: Mutex<Option<WsaError>>,
+    steer_ops: Mutex<Vec<SteerOp>>,
+    sent: Mutex<Vec<Sent>>,
+    record_sent: AtomicBool,
+    /// Datagrams the provider had no socket for, or addressed elsewhere.
+    pub undelivered: AtomicUsize,
+}
+
+impl Default for LoopbackDatapath {
+    fn default() -> Self {
+        LoopbackDatapath {
+            provider: OnceLock::new(),
+            addrs: vec![IpAddr::V4(LOOPBACK_V4), IpAddr::V6(LOOPBACK_V6)],
+            up: AtomicBool::new(true),
+            fail_steer: Mutex::new(None),
+            steer_ops: Mutex::new(Vec::new()),
+            sent: Mutex::new(Vec::new()),
+            record_sent: AtomicBool::new(true),
+            undelivered: AtomicUsize::new(0),
+        }
+    }
+}
+
+impl LoopbackDatapath {
+    /// A provider wired to a fresh loopback datapath.
+    pub fn provider(config: ProviderConfig) -> (Arc<Provider>, Arc<LoopbackDatapath>) {
+        let dp = Arc::new(LoopbackDatapath::default());
+        let p = Arc::new(Provider::new(dp.clone(), config));
+        dp.attach(&p);
+        (p, dp)
+    }
+
+    /// Deliver sent datagrams into `provider` (once; later calls are ignored).
+    pub fn attach(&self, provider: &Arc<Provider>) {
+        let _ = self.provider.set(Arc::downgrade(provider));
+    }
+
+    /// Link up or down (down → `send_udp` fails with WSAENETDOWN, `is_up` false).
+    pub fn set_up(&self, up: bool) {
+        self.up.store(up, Ordering::Relaxed);
+    }
+
+    /// Make every later `steer_add` fail with `err` (None: succeed again).
+    pub fn fail_steer(&self, err: Option<WsaError>) {
+        *lock(&self.fail_steer) = err;
+    }
+
+    /// Stop recording sent datagrams (long-running tests).
+    pub fn record_sent(&self, on: bool) {
+        self.record_sent.store(on, Ordering::Relaxed);
+    }
+
+    /// Every STEER operation so far, in order.
+    pub fn steer_ops(&self) -> Vec<SteerOp> {
+        lock(&self.steer_ops).clone()
+    }
+
+    /// Every datagram sent so far (while recording).
+    pub fn sent(&self) -> Vec<Sent> {
+        lock(&self.sent).clone()
+    }
+}
+
+impl Datapath for LoopbackDatapath {
+    fn steer_add(&self, key: SteerKey) -> Result<(), WsaError> {
+        if let Some(err) = *lock(&self.fail_steer) {
+            return Err(err);
+        }
+        lock(&self.steer_ops).push(SteerOp::Add(key));
+        Ok(())
+    }
+
+    fn steer_remove(&self, key: SteerKey) {
+        lock(&self.steer_ops).push(SteerOp::Remove(key));
+    }
+
+    fn send_udp(&self, src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Result<(), WsaError> {
+        if !self.is_up() {
+            return Err(WsaError::WSAENETDOWN);
+        }
+        if self.record_sent.load(Ordering::Relaxed) {
+            lock(&self.sent).push(Sent {
+                src,
+                dst,
+                len: payload.len(),
+            });
+        }
+        let provider = self.provider.get().and_then(Weak::upgrade);
+        let delivered = match provider {
+            Some(p) if self.addrs.contains(&dst.ip()) => p.deliver_udp(dst, src, payload),
+            _ => false,
+        };
+        if !delivered {
+            self.undelivered.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn local_addrs(&self) -> Vec<IpAddr> {
+        self.addrs.clone()
+    }
+
+    fn max_udp_payload(&self, v6: bool) -> usize {
+        // A 1500-byte MTU.
+        if v6 { 1500 - 40 - 8 } else { 1500 - 20 - 8 }
+    }
+
+    fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed)
+    }
+}

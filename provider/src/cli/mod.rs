@@ -1,0 +1,232 @@
+//! The `provider` binary's subcommands.
+mod mmsg;
+mod tools;
+use std::{
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    path::PathBuf,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use clap::{Args, Parser, Subcommand};
+use provider::{
+    api::{AF_INET, AF_INET6, IPPROTO_UDP, Provider, SOCK_DGRAM},
+    engine::{Engine, EngineConfig},
+    socket::WsaError,
+    xdp::AttachMode,
+    xsk::BindMode,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "provider",
+    version,
+    about = "Kernel-bypass socket provider (XDP + AF_XDP)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// UDP echo server on the provider: every datagram goes back to its sender.
+    Echo(EchoArgs),
+    /// Benchmark: ns/packet of `steer` against a bare XDP_PASS program (BPF_PROG_TEST_RUN).
+    BenchXdp(tools::BenchXdpArgs),
+    /// Packet generator: in-kernel live frames sent out of an interface with XDP_TX.
+    Pktgen(tools::PktgenArgs),
+    /// Benchmark sink: count UDP datagrams on a kernel socket (recvmmsg).
+    KernelSink(tools::KernelSinkArgs),
+    /// Benchmark sink: count UDP datagrams through the provider.
+    ProviderSink(tools::ProviderSinkArgs),
+}
+
+/// Datapath settings every subcommand shares.
+#[derive(Args, Clone)]
+pub struct DatapathArgs {
+    /// Interface to serve (XDP attaches here).
+    #[arg(long)]
+    iface: String,
+    /// XDP attach mode: native with SKB fallback (auto), native only, or SKB only.
+    #[arg(long, value_enum, default_value = "auto")]
+    attach: AttachMode,
+    /// AF_XDP bind mode.
+    #[arg(long, value_enum, default_value = "auto")]
+    xsk_mode: XskMode,
+    /// Serve only the first N RX queues (default: all).
+    #[arg(long)]
+    queues: Option<u32>,
+    /// Spin on the rings instead of sleeping in poll.
+    #[arg(long)]
+    busy_poll: bool,
+    /// Write a JSON stats snapshot here every 500 ms (read by `cargo xtask stats`); default
+    /// /run/provider/<iface>-<pid>.json.
+    #[arg(long)]
+    stats_file: Option<PathBuf>,
+}
+
+impl DatapathArgs {
+    fn stats_path(&self) -> PathBuf {
+        self.stats_file.clone().unwrap_or_else(|| {
+            let dir = PathBuf::from("/run/provider");
+            let _ = std::fs::create_dir_all(&dir);
+            dir.join(format!("{}-{}.json", self.iface, std::process::id()))
+        })
+    }
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum XskMode {
+    Auto,
+    Copy,
+    ZeroCopy,
+}
+
+#[derive(Args)]
+struct EchoArgs {
+    #[command(flatten)]
+    datapath: DatapathArgs,
+    /// UDP port to echo on (IPv4 and IPv6 wildcard).
+    #[arg(long, default_value_t = 7)]
+    udp: u16,
+    /// Serve only this address family.
+    #[arg(long, value_parser = ["v4", "v6", "both"], default_value = "both")]
+    family: String,
+}
+
+pub fn run() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("info,netlink_packet_route=error")
+            }),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Echo(args) => echo(args),
+        Command::BenchXdp(args) => tools::bench_xdp(args),
+        Command::Pktgen(args) => tools::pktgen(args),
+        Command::KernelSink(args) => tools::kernel_sink(args),
+        Command::ProviderSink(args) => tools::provider_sink(args),
+    };
+    if let Err(err) = result {
+        eprintln!("provider: {err}");
+        std::process::exit(1);
+    }
+}
+
+pub fn start(args: &DatapathArgs) -> Result<Engine, Box<dyn std::error::Error>> {
+    let mut config = EngineConfig::new(&args.iface);
+    config.attach = args.attach;
+    config.queues = args.queues;
+    config.busy_poll = args.busy_poll;
+    config.xsk.mode = match args.xsk_mode {
+        XskMode::Auto => BindMode::Auto,
+        XskMode::Copy => BindMode::Copy,
+        XskMode::ZeroCopy => BindMode::ZeroCopy,
+    };
+    Ok(Engine::start(config)?)
+}
+
+/// Block until SIGINT or SIGTERM.
+fn wait_for_signal() -> std::io::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r,
+            _ = term.recv() => Ok(()),
+        }
+    })
+}
+
+/// Periodically write the engine's counters to `path` until `stop` is set.
+fn spawn_stats_writer(
+    engine: &Arc<Engine>,
+    path: PathBuf,
+    stop: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<()> {
+    let engine = engine.clone();
+    std::thread::spawn(move || {
+        while !stop.load(Ordering::Relaxed) {
+            if let Ok(json) = serde_json::to_vec_pretty(&engine.stats()) {
+                let tmp = path.with_extension("tmp");
+                if std::fs::write(&tmp, json).is_ok() {
+                    let _ = std::fs::rename(&tmp, &path);
+                }
+            }
+            for _ in 0..10 {
+                if stop.load(Ordering::Relaxed) {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    })
+}
+
+fn echo(args: EchoArgs) -> Result<(), Box<dyn std::error::Error>> {
+    let engine = Arc::new(start(&args.datapath)?);
+    let provider = engine.provider().clone();
+    let mut families = Vec::new();
+    if args.family != "v6" {
+        families.push((AF_INET, IpAddr::V4(Ipv4Addr::UNSPECIFIED)));
+    }
+    if args.family != "v4" {
+        families.push((AF_INET6, IpAddr::V6(Ipv6Addr::UNSPECIFIED)));
+    }
+    let mut sockets = Vec::new();
+    for (af, any) in families {
+        let s = provider.wsp_socket(af, SOCK_DGRAM, IPPROTO_UDP)?;
+        provider.wsp_bind(s, SocketAddr::new(any, args.udp))?;
+        sockets.push(s);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let stats_path = args.datapath.stats_path();
+    let writer = spawn_stats_writer(&engine, stats_path.clone(), stop.clone());
+    let workers: Vec<_> = sockets
+        .iter()
+        .map(|&s| {
+            let p = provider.clone();
+            std::thread::spawn(move || udp_echo_loop(&p, s))
+        })
+        .collect();
+    println!("ready: udp echo on port {} ({})", args.udp, args.family);
+    wait_for_signal()?;
+    stop.store(true, Ordering::Relaxed);
+    let _ = writer.join();
+    for s in sockets {
+        let _ = provider.wsp_close_socket(s);
+    }
+    for w in workers {
+        let _ = w.join();
+    }
+    let stats = engine.stats();
+    eprintln!("{}", serde_json::to_string(&stats)?);
+    let _ = std::fs::remove_file(&stats_path);
+    Ok(())
+}
+
+/// Receive and send back until the socket is closed (recv then returns WSAEINTR/WSAENOTSOCK).
+fn udp_echo_loop(provider: &Provider, s: provider::socket::Socket) {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        match provider.wsp_recv_from(s, &mut buf) {
+            Ok((n, from)) => {
+                if let Err(err) = provider.wsp_send_to(s, &buf[..n], from) {
+                    tracing::debug!(%err, %from, "echo send failed");
+                }
+            }
+            Err(WsaError::WSAEMSGSIZE) => continue,
+            Err(_) => return,
+        }
+    }
+}

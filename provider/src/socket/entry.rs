@@ -1,0 +1,194 @@
+//! One underlying socket: its kind, its options and its protocol state, behind one short
+//! per-socket lock, plus the condition variable its blocking calls sleep on.
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{
+    Condvar, Mutex, MutexGuard, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard,
+};
+
+use super::error::{WsaError, WspResult};
+use super::options::SocketOptions;
+use crate::udp::UdpState;
+
+/// `AF_INET` (Windows and Linux).
+pub const AF_INET: i32 = 2;
+/// `AF_INET6` as Windows numbers it.
+pub const AF_INET6: i32 = 23;
+/// `AF_INET6` as Linux numbers it (accepted by `wsp_socket` too).
+pub const AF_INET6_LINUX: i32 = 10;
+/// `SOCK_STREAM`.
+pub const SOCK_STREAM: i32 = 1;
+/// `SOCK_DGRAM`.
+pub const SOCK_DGRAM: i32 = 2;
+/// `IPPROTO_TCP`.
+pub const IPPROTO_TCP: i32 = 6;
+/// `IPPROTO_UDP`.
+pub const IPPROTO_UDP: i32 = 17;
+
+/// Address family of a socket.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    /// From a WSP `af` argument.
+    pub fn from_af(af: i32) -> WspResult<Self> {
+        match af {
+            AF_INET => Ok(Family::V4),
+            AF_INET6 | AF_INET6_LINUX => Ok(Family::V6),
+            _ => Err(WsaError::WSAEAFNOSUPPORT),
+        }
+    }
+
+    /// Family of an address.
+    pub fn of(addr: &SocketAddr) -> Self {
+        match addr {
+            SocketAddr::V4(_) => Family::V4,
+            SocketAddr::V6(_) => Family::V6,
+        }
+    }
+
+    /// Family of an IP address.
+    pub fn of_ip(ip: &IpAddr) -> Self {
+        match ip {
+            IpAddr::V4(_) => Family::V4,
+            IpAddr::V6(_) => Family::V6,
+        }
+    }
+
+    /// The wildcard address of this family (`0.0.0.0` / `::`).
+    pub fn unspecified(self) -> IpAddr {
+        match self {
+            Family::V4 => IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            Family::V6 => IpAddr::V6(Ipv6Addr::UNSPECIFIED),
+        }
+    }
+
+    /// The Windows `AF_*` value.
+    pub fn af(self) -> i32 {
+        match self {
+            Family::V4 => AF_INET,
+            Family::V6 => AF_INET6,
+        }
+    }
+}
+
+/// Socket kind. Datagram sockets exist today; stream sockets arrive with the TCP issue on the
+/// same table, which is why every option and call dispatches on this enum.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SocketKind {
+    /// `SOCK_DGRAM` / UDP.
+    Datagram,
+    /// `SOCK_STREAM` / TCP (not creatable yet).
+    Stream,
+}
+
+impl SocketKind {
+    /// The `SO_TYPE` value.
+    pub fn so_type(self) -> i32 {
+        match self {
+            SocketKind::Datagram => SOCK_DGRAM,
+            SocketKind::Stream => SOCK_STREAM,
+        }
+    }
+}
+
+/// Protocol-specific state.
+#[derive(Debug)]
+pub enum Proto {
+    Udp(UdpState),
+}
+
+/// Everything mutable about a socket, behind `SocketEntry::state`.
+#[derive(Debug)]
+pub struct SocketState {
+    /// Set when the last handle was closed: every later call on a copy of the entry fails, and
+    /// blocked callers wake up with WSAEINTR.
+    pub closed: bool,
+    /// FIONBIO.
+    pub nonblocking: bool,
+    /// Stored socket options.
+    pub options: SocketOptions,
+    /// Threads sleeping on `SocketEntry::readable` (so delivery only notifies when someone waits).
+    pub waiters: u32,
+    /// Protocol state.
+    pub proto: Proto,
+}
+
+impl SocketState {
+    /// The UDP state; every socket today is UDP (the TCP issue adds the other arm).
+    pub fn udp(&mut self) -> &mut UdpState {
+        match &mut self.proto {
+            Proto::Udp(u) => u,
+        }
+    }
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// One underlying socket; every handle to it (see `duplicate`) holds the same `Arc`.
+#[derive(Debug)]
+pub struct SocketEntry {
+    /// Process-unique id (the demultiplexer uses it for identity).
+    pub id: u64,
+    pub family: Family,
+    pub kind: SocketKind,
+    /// Number of table handles naming this socket; maintained by the table under its lock.
+    pub(crate) handles: AtomicU32,
+    pub state: Mutex<SocketState>,
+    /// Signalled when data arrives or the socket closes.
+    pub readable: Condvar,
+}
+
+impl SocketEntry {
+    pub fn new(family: Family, kind: SocketKind, options: SocketOptions, proto: Proto) -> Self {
+        SocketEntry {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            family,
+            kind,
+            handles: AtomicU32::new(0),
+            state: Mutex::new(SocketState {
+                closed: false,
+                nonblocking: false,
+                options,
+                waiters: 0,
+                proto,
+            }),
+            readable: Condvar::new(),
+        }
+    }
+
+    /// Lock the state; a socket closed under us reads as "not a socket".
+    pub fn lock_open(&self) -> WspResult<MutexGuard<'_, SocketState>> {
+        let st = lock(&self.state);
+        if st.closed {
+            Err(WsaError::WSAENOTSOCK)
+        } else {
+            Ok(st)
+        }
+    }
+
+    /// Number of live handles naming this socket.
+    pub fn handle_count(&self) -> u32 {
+        self.handles.load(Ordering::Relaxed)
+    }
+}
+
+/// Lock a mutex, ignoring poisoning: no code path panics while holding our locks, and if a
+/// datapath implementation did, the protected data is still consistent (every mutation is a
+/// single step), so refusing service forever would be worse.
+pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Read-lock, ignoring poisoning (see [`lock`]).
+pub fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Write-lock, ignoring poisoning (see [`lock`]).
+pub fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(PoisonError::into_inner)
+}
