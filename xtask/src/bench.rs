@@ -18,6 +18,7 @@ use crate::lab::{Lab, LabConfig};
 use crate::pktgen::{self, GenResult, Target};
 use crate::proc::{self, Proc};
 use crate::provider_bin;
+use crate::stats::u64_at;
 
 /// Known benchmark names, for the error on an unknown one.
 pub const NAMES: &[&str] = &["xdp", "udp-rx"];
@@ -125,7 +126,12 @@ pub struct SinkRun {
     pub samples: Vec<f64>,
     pub received: u64,
     pub generator: GenResult,
+    /// The sink's closing counters (provider-sink: engine stats), if it printed them.
+    pub final_stats: Option<Value>,
 }
+
+/// How much longer than the generator the sinks run (generator start-up, settling).
+pub const SINK_EXTRA_SECS: u64 = 4;
 
 /// Median of `samples` (0 when empty).
 pub fn median(samples: &[f64]) -> f64 {
@@ -172,9 +178,12 @@ fn measure(
     let start = Instant::now();
     let generator = pktgen::live_frames(bin, target, size, seconds, None, Some(1))?;
     let end = Instant::now();
-    // One more sample period so the last window line is in.
-    proc::sleep(Duration::from_millis(300))?;
-    let status = sink.stop();
+    // The sink stops by itself (its --seconds covers the run plus [`SINK_EXTRA_SECS`]) and
+    // then prints its final counters; SIGTERM only if it overstays.
+    let status = match sink.wait_exit(Duration::from_secs(seconds + SINK_EXTRA_SECS + 15))? {
+        Some(s) => s,
+        None => sink.stop(),
+    };
     let mut lines = Vec::new();
     let mut received = 0;
     while let Some(l) = sink.next_line(Duration::from_millis(300))? {
@@ -192,12 +201,19 @@ fn measure(
         );
     }
     let samples = window(&lines, start, end);
+    // provider-sink prints the engine's counters as one JSON line on stderr when it ends.
+    let final_stats = sink.stderr_tail().lines().rev().find_map(|l| {
+        serde_json::from_str::<Value>(l.trim())
+            .ok()
+            .filter(Value::is_object)
+    });
     Ok(SinkRun {
         sink: sink_name,
         pps: median(&samples),
         samples,
         received,
         generator,
+        final_stats,
     })
 }
 
@@ -217,8 +233,7 @@ pub fn udp_rx(seconds: u64, size: usize) -> Result<()> {
     const PORT: u16 = 9;
     let dst = SocketAddr::new(IpAddr::V4(lab.provider_v4), PORT);
     let target = Target::lab(&lab, dst)?;
-    // Upper bound for the sinks' own timer; they are stopped (SIGTERM) right after the run.
-    let sink_secs = (seconds + 60).to_string();
+    let sink_secs = (seconds + SINK_EXTRA_SECS).to_string();
     let pinned = |lab: &Lab| {
         let mut c = lab.provider_cmd("taskset");
         c.args(["-c", "0"]).arg(&bin);
@@ -275,6 +290,17 @@ pub fn udp_rx(seconds: u64, size: usize) -> Result<()> {
         println!(
             "  {:<36} {:>12.0} {:>14.0} {:>12}",
             r.sink, r.pps, r.generator.pps, r.received
+        );
+    }
+    if let Some(st) = &provider.final_stats {
+        let at = |p: &[&str]| u64_at(st, p).map_or("?".into(), |n| n.to_string());
+        let q0 = |k: &str| at(&["queues", "0", "xsk", k]);
+        println!(
+            "  provider drops: xsk rx_dropped {}, rx_ring_full {}, fill ring empty {}; socket queue full {}",
+            q0("rx_dropped"),
+            q0("rx_ring_full"),
+            q0("rx_fill_ring_empty_descs"),
+            at(&["sockets", "udp_dropped_queue_full"])
         );
     }
     println!(

@@ -19,7 +19,8 @@ use serde_json::Value;
 
 use crate::lab::{Lab, LabConfig, NsGuard};
 use crate::proc::{self, Proc};
-use crate::{provider_bin, stats};
+use crate::provider_bin;
+use crate::stats::{self, u64_at};
 
 /// The provider's echo port.
 pub const ECHO_PORT: u16 = 7;
@@ -242,10 +243,6 @@ impl Checks {
             .map(|(_, w)| w.as_str())
             .collect()
     }
-}
-
-fn u64_at(v: &Value, path: &[&str]) -> Option<u64> {
-    path.iter().try_fold(v, |v, k| v.get(k))?.as_u64()
 }
 
 fn trim(s: &str, n: usize) -> String {

@@ -81,8 +81,8 @@ enum BenchCmd {
         /// Seconds per run.
         #[arg(long, default_value_t = 5)]
         seconds: u64,
-        /// UDP payload bytes.
-        #[arg(long, default_value_t = 64)]
+        /// UDP payload bytes (18: 60-byte IPv4 frames, the packet-rate case).
+        #[arg(long, default_value_t = 18)]
         size: usize,
     },
     #[command(external_subcommand)]
@@ -107,8 +107,8 @@ struct PktgenArgs {
     /// Destination MAC (--iface only; default: the kernel's neighbour entry for --dst).
     #[arg(long)]
     dst_mac: Option<String>,
-    /// UDP payload bytes.
-    #[arg(long, default_value_t = 64)]
+    /// UDP payload bytes (18: 60-byte IPv4 frames).
+    #[arg(long, default_value_t = 18)]
     size: usize,
     #[arg(long, default_value_t = 5)]
     seconds: u64,

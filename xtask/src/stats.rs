@@ -41,6 +41,19 @@ pub fn live_files() -> Vec<PathBuf> {
     v
 }
 
+/// `v.a.b.0.c`: object keys, or array indices for numeric segments.
+pub fn at_path<'a>(v: &'a Value, path: &[&str]) -> Option<&'a Value> {
+    path.iter().try_fold(v, |v, k| match v {
+        Value::Array(a) => a.get(k.parse::<usize>().ok()?),
+        other => other.get(k),
+    })
+}
+
+/// [`at_path`] as a u64.
+pub fn u64_at(v: &Value, path: &[&str]) -> Option<u64> {
+    at_path(v, path)?.as_u64()
+}
+
 /// Reads and parses a stats file, retrying briefly in case it is caught mid-rewrite.
 pub fn read(path: &Path) -> Result<Value> {
     let mut last = None;
@@ -80,6 +93,8 @@ const KEY_ORDER: &[&str] = &[
     // queues
     "queue",
     "zero_copy",
+    "rx_frames",
+    "tx_frames",
     "xsk",
     "rx_dropped",
     "rx_invalid_descs",
@@ -89,14 +104,20 @@ const KEY_ORDER: &[&str] = &[
     "tx_ring_empty_descs",
     "pending_tx",
     "free_tx_frames",
-    // engine
-    "rx_frames",
+    // engine (rx_frames, tx_frames above)
     "rx_udp",
     "rx_malformed",
     "rx_bad_checksum",
     "rx_no_socket",
     "rx_unhandled_proto",
-    "tx_frames",
+    // sockets
+    "sockets_open",
+    "handles_open",
+    "udp_endpoints",
+    "udp_sent",
+    "udp_delivered",
+    "udp_dropped_queue_full",
+    "udp_no_socket",
 ];
 
 fn ordered(m: &Map<String, Value>) -> Vec<(&String, &Value)> {
@@ -367,5 +388,7 @@ mod tests {
             !s.contains("\n  queue "),
             "queue id repeated as a row:\n{s}"
         );
+        assert_eq!(u64_at(&v, &["queues", "0", "xsk", "rx_ring_full"]), Some(1));
+        assert_eq!(u64_at(&v, &["queues", "1", "xsk"]), None);
     }
 }
