@@ -77,7 +77,7 @@ pub fn xdp(repeat: Option<u64>, rounds: Option<u64>) -> Result<()> {
     let ratio_hit = f("ratio_hit").unwrap_or(hit / pass);
     let ratio_miss = f("ratio_miss").unwrap_or(miss / pass);
     println!(
-        "\nXDP program cost, BPF_PROG_TEST_RUN repeat={} rounds={}",
+        "\nXDP program cost, BPF_PROG_TEST_RUN repeat={}, best of {} rounds",
         v.get("repeat").map_or("?".into(), Value::to_string),
         v.get("rounds").map_or("?".into(), Value::to_string)
     );
