@@ -306,3 +306,22 @@ fn steered_frames_redirect_to_a_registered_xsk() {
     .join()
     .unwrap();
 }
+
+/// The aya-log diagnostic path loads (the verifier accepts it) and does not change verdicts.
+#[test]
+#[ignore = "needs root (BPF)"]
+fn malformed_logging_variant_loads_and_passes() {
+    let s = Steering::load_with(true).expect("load with LOG_MALFORMED=1");
+    let frame = udp_v4(PORT);
+    let before = s.stats().unwrap();
+    let out = s.test_run(Prog::Steer, &frame[..30], 1).unwrap();
+    assert_eq!(out.action, XDP_PASS);
+    let moved = s.stats().unwrap().since(&before);
+    assert_eq!(
+        moved,
+        VerdictCounters {
+            passed_malformed: 1,
+            ..Default::default()
+        }
+    );
+}

@@ -60,6 +60,8 @@ pub struct EngineConfig {
     pub busy_poll: bool,
     /// Frames taken from RX per batch.
     pub rx_batch: usize,
+    /// Log every malformed frame from the XDP program (aya-log → tracing WARN). Diagnostic only.
+    pub log_malformed: bool,
     /// Socket-table settings.
     pub provider: ProviderConfig,
 }
@@ -73,6 +75,7 @@ impl EngineConfig {
             xsk: XskConfig::default(),
             busy_poll: false,
             rx_batch: 64,
+            log_malformed: false,
             provider: ProviderConfig::default(),
         }
     }
@@ -112,7 +115,7 @@ impl Engine {
                 source,
             })?;
 
-        let mut steering = Steering::load()?;
+        let mut steering = Steering::load_with(config.log_malformed)?;
         let mut xsks = Vec::with_capacity(nqueues as usize);
         for queue in 0..nqueues {
             let xsk = Xsk::new(ifindex, queue, &config.xsk)

@@ -4,7 +4,14 @@
 //! `Steering` is the only place that talks to the kernel's BPF objects; the socket table reaches
 //! the STEER map through it, the engine registers its AF_XDP sockets in XSKS, and `stats()` reads
 //! the per-CPU verdict counters.
-use std::{os::fd::AsRawFd, time::Duration};
+use std::{
+    os::fd::{AsFd, AsRawFd},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -21,6 +28,8 @@ static OBJECT: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/provider-ebpf.o
 
 #[derive(Debug, Error)]
 pub enum XdpError {
+    #[error("aya-log: {0}")]
+    Log(String),
     #[error("loading the eBPF object failed: {0}")]
     Load(#[from] aya::EbpfError),
     #[error("program {name}: {source}")]
@@ -131,6 +140,16 @@ pub struct Steering {
     stats: PerCpuArray<MapData, u64>,
     attached: Option<(u32, XdpMode)>,
     link: Option<(Prog, aya::programs::xdp::XdpLinkId)>,
+    /// Set on drop to end the aya-log forwarding thread.
+    log_stop: Option<Arc<AtomicBool>>,
+}
+
+impl Drop for Steering {
+    fn drop(&mut self) {
+        if let Some(stop) = &self.log_stop {
+            stop.store(true, Ordering::Relaxed);
+        }
+    }
 }
 
 impl std::fmt::Debug for Steering {
@@ -145,7 +164,21 @@ impl Steering {
     /// Load the object and its three programs into the kernel (verifier included); nothing is
     /// attached yet.
     pub fn load() -> Result<Self, XdpError> {
-        let mut ebpf = EbpfLoader::new().load(OBJECT)?;
+        Self::load_with(false)
+    }
+
+    /// As `load`; with `log_malformed` the program logs every malformed frame through aya-log
+    /// (forwarded to `tracing` at WARN by a background thread) — a diagnostic, off by default.
+    pub fn load_with(log_malformed: bool) -> Result<Self, XdpError> {
+        let flag: u8 = log_malformed.into();
+        let mut ebpf = EbpfLoader::new()
+            .override_global("LOG_MALFORMED", &flag, true)
+            .load(OBJECT)?;
+        let log_stop = if log_malformed {
+            Some(spawn_log_forwarder(&mut ebpf)?)
+        } else {
+            None
+        };
         for name in [PROG_STEER, PROG_PASS, PROG_XMIT] {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
@@ -165,6 +198,7 @@ impl Steering {
             stats,
             attached: None,
             link: None,
+            log_stop,
         })
     }
 
@@ -355,6 +389,25 @@ impl Steering {
         })?;
         Ok(result.duration)
     }
+}
+
+/// Forward the program's aya-log records to `log`/`tracing` until the returned flag is set.
+fn spawn_log_forwarder(ebpf: &mut Ebpf) -> Result<Arc<AtomicBool>, XdpError> {
+    let mut logger = aya_log::EbpfLogger::init(ebpf).map_err(|e| XdpError::Log(e.to_string()))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    std::thread::Builder::new()
+        .name("xdp-log".into())
+        .spawn(move || {
+            while !flag.load(Ordering::Relaxed) {
+                let ready = crate::xsk::poll_one(logger.as_fd(), libc::POLLIN, 200);
+                if ready.is_ok_and(|r| r & libc::POLLIN != 0) {
+                    logger.flush();
+                }
+            }
+        })
+        .map_err(|e| XdpError::Log(e.to_string()))?;
+    Ok(stop)
 }
 
 /// Deleting an absent key: aya reports it either as `KeyNotFound` or as the raw ENOENT.

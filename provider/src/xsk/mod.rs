@@ -29,6 +29,8 @@ mod sys;
 mod umem;
 
 pub use socket::{Poller, Xsk};
+/// `poll(2)` on one descriptor, retried on EINTR (also used for the aya-log ring).
+pub(crate) use sys::poll_one;
 
 /// How to bind the socket to the queue.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
