@@ -65,6 +65,22 @@ pub struct SteerValue {
     pub flags: u32,
 }
 
+/// `PORTS` value bit: some endpoint on this (family, proto, port) is bound to the wildcard address.
+pub const PORT_WILDCARD: u8 = 1;
+/// `PORTS` value bit: some endpoint on this (family, proto, port) has a specific address (look it
+/// up in `STEER`).
+pub const PORT_SPECIFIC: u8 = 2;
+/// Entries of the `PORTS` array: 2 families × 2 protocols × 65536 ports.
+pub const PORTS_CAPACITY: u32 = 4 * 65536;
+
+/// Index into `PORTS`. The array answers "is any endpoint on this port ours?" with one inlined
+/// array access, so frames for ports we do not own pay no hash lookup, and wildcard-bound
+/// endpoints (the common server case) need none either.
+#[inline(always)]
+pub const fn port_index(family: u8, proto: u8, port: u16) -> u32 {
+    (((family == FAMILY_V6) as u32) << 17) | (((proto == PROTO_UDP) as u32) << 16) | port as u32
+}
+
 /// Indices of the per-CPU `STATS` array: one counter per verdict and reason.
 pub mod stat {
     /// Ours, redirected into the AF_XDP socket of the RX queue.
@@ -103,6 +119,7 @@ pub const PROG_XMIT: &str = "xmit";
 pub const MAP_STEER: &str = "STEER";
 pub const MAP_XSKS: &str = "XSKS";
 pub const MAP_STATS: &str = "STATS";
+pub const MAP_PORTS: &str = "PORTS";
 /// Capacity of the `STEER` map.
 pub const STEER_CAPACITY: u32 = 65536;
 /// Capacity of the `XSKS` map (highest RX queue index + 1 the provider can serve).

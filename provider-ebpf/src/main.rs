@@ -10,7 +10,7 @@
 use aya_ebpf::{
     bindings::xdp_action,
     macros::{map, xdp},
-    maps::{HashMap, PerCpuArray, XskMap},
+    maps::{Array, HashMap, PerCpuArray, XskMap},
     programs::XdpContext,
 };
 use network_types::{
@@ -21,11 +21,16 @@ use network_types::{
     vlan::VlanHdr,
 };
 use provider_common::{
-    PROTO_TCP, PROTO_UDP, STEER_CAPACITY, SteerKey, SteerValue, XSKS_CAPACITY, stat,
+    PORT_SPECIFIC, PORT_WILDCARD, PORTS_CAPACITY, PROTO_TCP, PROTO_UDP, STEER_CAPACITY, SteerKey,
+    SteerValue, XSKS_CAPACITY, port_index, stat,
 };
 
 #[map]
 static STEER: HashMap<SteerKey, SteerValue> = HashMap::with_max_entries(STEER_CAPACITY, 0);
+
+/// Per (family, proto, port): `PORT_WILDCARD` / `PORT_SPECIFIC` bits, kept by userspace.
+#[map]
+static PORTS: Array<u8> = Array::with_max_entries(PORTS_CAPACITY, 0);
 
 #[map]
 static XSKS: XskMap = XskMap::with_max_entries(XSKS_CAPACITY, 0);
@@ -100,14 +105,17 @@ pub fn xmit(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_TX
 }
 
+/// Ours if some endpoint on the port is wildcard-bound, or the exact address is in `STEER`.
 #[inline(always)]
 fn lookup(key: &SteerKey) -> bool {
-    if STEER.get_ptr(key).is_some() {
+    let flags = PORTS
+        .get(port_index(key.family, key.proto, key.port))
+        .copied()
+        .unwrap_or(0);
+    if flags & PORT_SPECIFIC != 0 && STEER.get_ptr(key).is_some() {
         return true;
     }
-    let mut wildcard = *key;
-    wildcard.addr = [0; 16];
-    STEER.get_ptr(&wildcard).is_some()
+    flags & PORT_WILDCARD != 0
 }
 
 #[inline(always)]

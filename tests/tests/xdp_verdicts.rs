@@ -325,3 +325,30 @@ fn malformed_logging_variant_loads_and_passes() {
         }
     );
 }
+
+/// A port with both a specific and a wildcard endpoint: any local address is ours; removing the
+/// wildcard leaves only the specific address steered; removing both leaves nothing.
+#[test]
+#[ignore = "needs root (BPF)"]
+fn wildcard_and_specific_endpoints_on_one_port() {
+    let mut s = Steering::load().unwrap();
+    let specific = SteerKey::v4(PROTO_UDP, OURS_V4, PORT);
+    let wildcard = SteerKey::v4(PROTO_UDP, [0; 4], PORT);
+    s.steer_add(specific).unwrap();
+    s.steer_add(wildcard).unwrap();
+    s.steer_add(wildcard).unwrap(); // idempotent
+    let mut other_addr = udp_v4(PORT);
+    other_addr[14 + 16..14 + 20].copy_from_slice(&[198, 18, 0, 9]);
+    assert_eq!(verdict(&s, &udp_v4(PORT)), (XDP_PASS, ours()));
+    assert_eq!(verdict(&s, &other_addr), (XDP_PASS, ours()));
+    s.steer_remove(&wildcard).unwrap();
+    let not_ours = VerdictCounters {
+        passed_not_ours: 1,
+        ..Default::default()
+    };
+    assert_eq!(verdict(&s, &udp_v4(PORT)), (XDP_PASS, ours()));
+    assert_eq!(verdict(&s, &other_addr), (XDP_PASS, not_ours));
+    s.steer_remove(&specific).unwrap();
+    assert_eq!(verdict(&s, &udp_v4(PORT)), (XDP_PASS, not_ours));
+    assert!(s.steered_keys().is_empty());
+}

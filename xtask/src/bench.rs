@@ -88,8 +88,17 @@ pub fn xdp(repeat: Option<u64>, rounds: Option<u64>) -> Result<()> {
     println!("  {:<38} {:>9.1} {:>11.2}×", "bare XDP_PASS", pass, 1.0);
     println!(
         "  {:<38} {:>9.1} {:>11.2}×",
-        "steer, hit (redirect to XSKMAP)", hit, ratio_hit
+        "steer, hit, specific address", hit, ratio_hit
     );
+    let wildcard = f("steer_hit_wildcard_ns").ok();
+    if let Some(w) = wildcard {
+        println!(
+            "  {:<38} {:>9.1} {:>11.2}×",
+            "steer, hit, wildcard-bound port",
+            w,
+            w / pass
+        );
+    }
     println!(
         "  {:<38} {:>9.1} {:>11.2}×",
         "steer, miss (not ours → XDP_PASS)", miss, ratio_miss
@@ -108,6 +117,7 @@ pub fn xdp(repeat: Option<u64>, rounds: Option<u64>) -> Result<()> {
             "raw": v,
             "pass_ns": pass,
             "steer_hit_ns": hit,
+            "steer_hit_wildcard_ns": wildcard,
             "steer_miss_ns": miss,
             "ratio_hit": ratio_hit,
             "ratio_miss": ratio_miss,

@@ -27,7 +27,9 @@ pub fn bench_xdp(args: BenchXdpArgs) -> Result<(), Box<dyn std::error::Error>> {
     let ours: SocketAddr = "198.18.0.1:7777".parse()?;
     let peer: SocketAddr = "198.18.0.2:40000".parse()?;
     s.steer_add(SteerKey::v4(PROTO_UDP, [198, 18, 0, 1], 7777))?;
+    s.steer_add(SteerKey::v4(PROTO_UDP, [0; 4], 7778))?;
     let hit = udp_frame(peer, ours, 64);
+    let hit_wildcard = udp_frame(peer, "198.18.0.1:7778".parse()?, 64);
     let miss = udp_frame(peer, "198.18.0.1:9".parse()?, 64);
     let best = |prog: Prog, frame: &[u8]| -> Result<f64, Box<dyn std::error::Error>> {
         let mut best = f64::MAX;
@@ -39,13 +41,16 @@ pub fn bench_xdp(args: BenchXdpArgs) -> Result<(), Box<dyn std::error::Error>> {
     };
     let pass = best(Prog::Pass, &hit)?;
     let steer_hit = best(Prog::Steer, &hit)?;
+    let steer_hit_wildcard = best(Prog::Steer, &hit_wildcard)?;
     let steer_miss = best(Prog::Steer, &miss)?;
     println!(
         "{}",
         json!({
             "repeat": args.repeat, "rounds": args.rounds,
-            "pass_ns": pass, "steer_hit_ns": steer_hit, "steer_miss_ns": steer_miss,
-            "ratio_hit": steer_hit / pass, "ratio_miss": steer_miss / pass,
+            "pass_ns": pass, "steer_hit_ns": steer_hit,
+            "steer_hit_wildcard_ns": steer_hit_wildcard, "steer_miss_ns": steer_miss,
+            "ratio_hit": steer_hit / pass, "ratio_hit_wildcard": steer_hit_wildcard / pass,
+            "ratio_miss": steer_miss / pass,
         })
     );
     Ok(())

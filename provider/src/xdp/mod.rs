@@ -15,11 +15,12 @@ use std::{
 
 use aya::{
     Ebpf, EbpfLoader,
-    maps::{HashMap, MapData, PerCpuArray, XskMap},
+    maps::{Array, HashMap, MapData, PerCpuArray, XskMap},
     programs::{ProgramError, TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
 };
 use provider_common::{
-    MAP_STATS, MAP_STEER, MAP_XSKS, PROG_PASS, PROG_STEER, PROG_XMIT, SteerKey, SteerValue, stat,
+    FAMILY_V4, MAP_PORTS, MAP_STATS, MAP_STEER, MAP_XSKS, PORT_SPECIFIC, PORT_WILDCARD, PROG_PASS,
+    PROG_STEER, PROG_XMIT, SteerKey, SteerValue, port_index, stat,
 };
 use thiserror::Error;
 
@@ -136,6 +137,11 @@ pub const XDP_REDIRECT: u32 = 4;
 pub struct Steering {
     ebpf: Ebpf,
     steer: HashMap<MapData, SteerKey, SteerValue>,
+    ports: Array<MapData, u8>,
+    /// Userspace mirror of the steered keys and, per `PORTS` index, how many wildcard and
+    /// specific endpoints use it — so `PORTS` bits are cleared exactly when the last one goes.
+    keys: std::collections::HashSet<SteerKey>,
+    port_users: std::collections::HashMap<u32, (u32, u32)>,
     xsks: XskMap<MapData>,
     stats: PerCpuArray<MapData, u64>,
     attached: Option<(u32, XdpMode)>,
@@ -189,11 +195,15 @@ impl Steering {
                 .map_err(|source| XdpError::Program { name, source })?;
         }
         let steer = take_map(&mut ebpf, MAP_STEER)?;
+        let ports = take_map(&mut ebpf, MAP_PORTS)?;
         let xsks = take_map(&mut ebpf, MAP_XSKS)?;
         let stats = take_map(&mut ebpf, MAP_STATS)?;
         Ok(Self {
             ebpf,
             steer,
+            ports,
+            keys: Default::default(),
+            port_users: Default::default(),
             xsks,
             stats,
             attached: None,
@@ -275,25 +285,60 @@ impl Steering {
         self.attached
     }
 
-    /// Steer frames for `key` to the provider.
+    /// Steer frames for `key` to the provider (a key with an all-zero address is a wildcard
+    /// endpoint). Adding a present key is a no-op.
     pub fn steer_add(&mut self, key: SteerKey) -> Result<(), XdpError> {
+        if self.keys.contains(&key) {
+            return Ok(());
+        }
         self.steer
             .insert(key, SteerValue::default(), 0)
             .map_err(|source| XdpError::Map {
                 name: MAP_STEER,
                 source,
-            })
+            })?;
+        self.keys.insert(key);
+        self.update_port(&key, 1)
     }
 
     /// Stop steering `key`. Removing an absent key is not an error.
     pub fn steer_remove(&mut self, key: &SteerKey) -> Result<(), XdpError> {
-        match self.steer.remove(key) {
-            Err(err) if !is_not_found(&err) => Err(XdpError::Map {
-                name: MAP_STEER,
-                source: err,
-            }),
-            _ => Ok(()),
+        if !self.keys.remove(key) {
+            return Ok(());
         }
+        match self.steer.remove(key) {
+            Err(err) if !is_not_found(&err) => {
+                return Err(XdpError::Map {
+                    name: MAP_STEER,
+                    source: err,
+                });
+            }
+            _ => {}
+        }
+        self.update_port(key, -1)
+    }
+
+    /// Count `key` in or out of its port's users and rewrite the `PORTS` bits.
+    fn update_port(&mut self, key: &SteerKey, delta: i32) -> Result<(), XdpError> {
+        let index = port_index(key.family, key.proto, key.port);
+        let users = self.port_users.entry(index).or_default();
+        let counter = if is_wildcard(key) {
+            &mut users.0
+        } else {
+            &mut users.1
+        };
+        *counter = counter.saturating_add_signed(delta);
+        let flags = (if users.0 > 0 { PORT_WILDCARD } else { 0 })
+            | (if users.1 > 0 { PORT_SPECIFIC } else { 0 });
+        if flags == 0 {
+            self.port_users.remove(&index);
+        }
+        self.ports
+            .set(index, flags, 0)
+            .map_err(|source| XdpError::Map {
+                name: MAP_PORTS,
+                source,
+            })
     }
 
     /// Every endpoint currently steered.
@@ -408,6 +453,11 @@ fn spawn_log_forwarder(ebpf: &mut Ebpf) -> Result<Arc<AtomicBool>, XdpError> {
         })
         .map_err(|e| XdpError::Log(e.to_string()))?;
     Ok(stop)
+}
+
+fn is_wildcard(key: &SteerKey) -> bool {
+    let len = if key.family == FAMILY_V4 { 4 } else { 16 };
+    key.addr[..len].iter().all(|&b| b == 0)
 }
 
 /// Deleting an absent key: aya reports it either as `KeyNotFound` or as the raw ENOENT.
