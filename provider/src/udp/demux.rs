@@ -10,7 +10,7 @@
 //! on the same port coexist (the specific one wins on lookup). IPv4 and IPv6 are separate
 //! (v6 sockets are v6-only, as Windows' default). When several sockets share one endpoint,
 //! datagrams go to the one bound first (Winsock leaves this undefined).
-use std::collections::HashMap;
+use rustc_hash::FxHashMap as HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
 use std::sync::RwLock;
@@ -27,6 +27,7 @@ struct Binding<T> {
 
 #[derive(Debug)]
 struct Maps<T> {
+    /// Keys are our own local endpoints (not attacker-chosen), so a fast non-keyed hash is safe.
     by_addr: HashMap<(IpAddr, u16), Vec<Binding<T>>>,
     /// Bindings per (family, port), whatever the address: a port is free for ephemeral use only
     /// at zero.
@@ -51,8 +52,8 @@ impl<T: Clone> UdpDemux<T> {
     pub fn new() -> Self {
         UdpDemux {
             maps: RwLock::new(Maps {
-                by_addr: HashMap::new(),
-                ports: HashMap::new(),
+                by_addr: HashMap::default(),
+                ports: HashMap::default(),
                 next_v4: 0,
                 next_v6: 0,
             }),
