@@ -221,7 +221,7 @@ impl RateReporter {
         self.total += n;
         self.calls += 1;
         // Reading the clock per datagram would cost more than receiving it.
-        if self.calls % 256 != 0 {
+        if !self.calls.is_multiple_of(256) {
             return;
         }
         let now = Instant::now();
