@@ -1,3 +1,4 @@
 //! Sans-IO TCP (DESIGN §5).
+pub mod cc;
 pub mod rtt;
 pub mod seq;
