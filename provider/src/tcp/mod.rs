@@ -1,4 +1,5 @@
 //! Sans-IO TCP (DESIGN §5).
 pub mod cc;
 pub mod rtt;
+pub mod sack;
 pub mod seq;
