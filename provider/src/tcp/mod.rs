@@ -4,3 +4,4 @@ pub mod reassembly;
 pub mod rtt;
 pub mod sack;
 pub mod seq;
+pub mod timer_wheel;
