@@ -1,5 +1,6 @@
 //! Sans-IO TCP (DESIGN §5).
 pub mod cc;
+pub mod isn;
 pub mod reassembly;
 pub mod rtt;
 pub mod sack;
