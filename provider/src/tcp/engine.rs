@@ -120,8 +120,22 @@ impl TcpEngine {
             .filter(|s| s.generation == id.generation && s.conn.is_some())
     }
 
+    /// The connection behind a user handle (not one the user closed, nor an unaccepted one).
     fn conn(&self, id: ConnId) -> Option<&Conn> {
-        self.slot(id).and_then(|s| s.conn.as_deref())
+        self.slot(id)
+            .and_then(|s| s.conn.as_deref())
+            .filter(|c| !c.released)
+    }
+
+    /// Runs a user call on a connection the user holds.
+    fn with_user_conn<R>(
+        &mut self,
+        now: Instant,
+        id: ConnId,
+        f: impl FnOnce(&mut Conn, &mut Ctx<'_>) -> R,
+    ) -> Option<R> {
+        self.conn(id)?;
+        self.with_conn(now, id, f)
     }
 
     /// Runs `f` on the connection with a context, then [`TcpEngine::after`].
@@ -198,7 +212,10 @@ impl TcpEngine {
                 slot.half_open = false;
                 self.half_open = self.half_open.saturating_sub(1);
             }
-            if let Some(l) = conn.listener.and_then(|l| listener_mut(&mut self.listeners, l)) {
+            if let Some(l) = conn
+                .listener
+                .and_then(|l| listener_mut(&mut self.listeners, l))
+            {
                 l.forget(id);
             }
             self.events.push_back(Event::Closed(id));
@@ -235,7 +252,13 @@ impl TcpEngine {
             .copied()
     }
 
-    fn queue_rst(&mut self, local: SocketAddr, remote: SocketAddr, seq: SeqNum, ack: Option<SeqNum>) {
+    fn queue_rst(
+        &mut self,
+        local: SocketAddr,
+        remote: SocketAddr,
+        seq: SeqNum,
+        ack: Option<SeqNum>,
+    ) {
         self.ctl.push_back(Ctl {
             local,
             remote,
@@ -463,7 +486,9 @@ impl TcpEngine {
     /// Takes one established connection from the accept queue.
     pub fn accept(&mut self, l: ListenerId) -> Option<ConnId> {
         loop {
-            let id = listener_mut(&mut self.listeners, l)?.accept_queue.pop_front()?;
+            let id = listener_mut(&mut self.listeners, l)?
+                .accept_queue
+                .pop_front()?;
             let Some(slot) = self.slots.get_mut(id.index as usize) else {
                 continue;
             };
@@ -538,31 +563,31 @@ impl TcpEngine {
 
     /// Copies what fits of `data` into the send buffer (0 if full).
     pub fn send(&mut self, now: Instant, id: ConnId, data: &[u8]) -> Result<usize, TcpError> {
-        self.with_conn(now, id, |c, _| c.send(data))
+        self.with_user_conn(now, id, |c, _| c.send(data))
             .unwrap_or(Err(TcpError::NotConnected))
     }
 
     /// Reads in-order data. `Ok(0)` is EOF after the peer's FIN; `Err(WouldBlock)` means no data
     /// yet; after a RST, `Err(ConnectionReset)` once the queued data is drained.
     pub fn recv(&mut self, now: Instant, id: ConnId, buf: &mut [u8]) -> Result<usize, TcpError> {
-        self.with_conn(now, id, |c, _| c.recv(buf))
+        self.with_user_conn(now, id, |c, _| c.recv(buf))
             .unwrap_or(Err(TcpError::NotConnected))
     }
 
     /// FIN after the queued data (SD_SEND).
     pub fn shutdown_write(&mut self, now: Instant, id: ConnId) -> Result<(), TcpError> {
-        self.with_conn(now, id, |c, _| c.shutdown_write())
+        self.with_user_conn(now, id, |c, _| c.shutdown_write())
             .unwrap_or(Err(TcpError::NotConnected))
     }
 
     /// Graceful close (see the module docs of `conn::close`); the handle is invalid afterwards.
     pub fn close(&mut self, now: Instant, id: ConnId) {
-        self.with_conn(now, id, |c, cx| c.close(cx));
+        self.with_user_conn(now, id, |c, cx| c.close(cx));
     }
 
     /// Hard close: RST first in the transmit queue, queues discarded, no TIME_WAIT.
     pub fn abort(&mut self, now: Instant, id: ConnId) {
-        self.with_conn(now, id, |c, cx| c.abort(cx));
+        self.with_user_conn(now, id, |c, cx| c.abort(cx));
     }
 
     /// The connection's state (`Closed` after a reset until the handle is closed).
@@ -603,6 +628,7 @@ impl TcpEngine {
         if let Some(slot) = self.slots.get_mut(id.index as usize)
             && slot.generation == id.generation
             && let Some(c) = slot.conn.as_deref_mut()
+            && !c.released
         {
             c.nodelay = on;
             if !slot.dirty && slot.mapped {
@@ -617,6 +643,7 @@ impl TcpEngine {
         if let Some(slot) = self.slots.get_mut(id.index as usize)
             && slot.generation == id.generation
             && let Some(c) = slot.conn.as_deref_mut()
+            && !c.released
         {
             c.set_keepalive(on);
             if !slot.dirty && slot.mapped {

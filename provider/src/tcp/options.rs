@@ -151,7 +151,10 @@ impl TcpOptions {
             .min(MAX_SACK_BLOCKS)
             .min(room.saturating_sub(4) / 8);
         if blocks > 0 {
-            put(&[KIND_NOP, KIND_NOP, KIND_SACK, (2 + 8 * blocks) as u8], &mut i);
+            put(
+                &[KIND_NOP, KIND_NOP, KIND_SACK, (2 + 8 * blocks) as u8],
+                &mut i,
+            );
             for &(l, r) in &self.sack_blocks[..blocks] {
                 put(&l.to_be_bytes(), &mut i);
                 put(&r.to_be_bytes(), &mut i);

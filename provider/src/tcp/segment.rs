@@ -4,9 +4,9 @@ use std::net::{IpAddr, SocketAddr};
 
 use super::options::TcpOptions;
 use super::seq::SeqNum;
+use crate::net::PROTO_TCP;
 use crate::net::checksum::{pseudo_v4, pseudo_v6};
 use crate::net::tcp::{MIN_HEADER_LEN, Tcp, TcpFlags};
-use crate::net::PROTO_TCP;
 
 /// An inbound segment, parsed once.
 #[derive(Clone, Copy, Debug)]
@@ -133,8 +133,12 @@ mod tests {
         let n = write_segment(&mut buf, l, r, &seg, (b"ab", b"cd")).unwrap();
         assert_eq!(n, 20 + 12 + 4);
         let t = Tcp::new_checked(&buf[..n]).unwrap();
-        let IpAddr::V4(li) = l.ip() else { unreachable!() };
-        let IpAddr::V4(ri) = r.ip() else { unreachable!() };
+        let IpAddr::V4(li) = l.ip() else {
+            unreachable!()
+        };
+        let IpAddr::V4(ri) = r.ip() else {
+            unreachable!()
+        };
         assert!(t.verify_checksum(pseudo_v4(li, ri, 6, n as u16)));
         let p = SegmentIn::parse(&buf[..n]).unwrap();
         assert_eq!(p.payload, b"abcd");

@@ -97,6 +97,7 @@ impl Conn {
     /// Unread data → RST (RFC 2525 §2.17). In SYN_SENT nothing is sent.
     pub(crate) fn close(&mut self, cx: &mut Ctx<'_>) {
         self.released = true;
+        self.user_closed = true;
         match self.state {
             TcpState::Closed | TcpState::Listen | TcpState::TimeWait => {}
             TcpState::SynSent => self.enter_closed(),
@@ -124,6 +125,7 @@ impl Conn {
     /// discarded, no TIME_WAIT.
     pub(crate) fn abort(&mut self, cx: &mut Ctx<'_>) {
         self.released = true;
+        self.user_closed = true;
         match self.state {
             TcpState::Closed | TcpState::Listen | TcpState::TimeWait | TcpState::SynSent => {}
             _ => self.queue_abort_rst(cx, true),

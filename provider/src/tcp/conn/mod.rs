@@ -62,6 +62,8 @@ pub(crate) struct Conn {
     pub(crate) notify_listener: bool,
     /// The user released the handle (`close`/`abort`), or it never had one.
     pub(crate) released: bool,
+    /// The user called `close`/`abort`: arriving data is answered with RST.
+    pub(crate) user_closed: bool,
     /// Active open (for the event kind on failure).
     active: bool,
     pub(crate) error: Option<TcpError>,
@@ -132,6 +134,7 @@ impl Conn {
             listener: None,
             notify_listener: false,
             released: false,
+            user_closed: false,
             active: false,
             error: None,
             nodelay: opts.nodelay,
@@ -433,7 +436,8 @@ impl Conn {
         } else {
             // ACK acceptability (RFC 5961 §5.2).
             let max_back = self.snd.max_wnd.max(1);
-            if seg.ack.gt(self.snd.max) || seg.ack.lt(SeqNum(self.snd.una.0.wrapping_sub(max_back))) {
+            if seg.ack.gt(self.snd.max) || seg.ack.lt(SeqNum(self.snd.una.0.wrapping_sub(max_back)))
+            {
                 self.challenge_ack(cx);
                 return;
             }
@@ -443,7 +447,9 @@ impl Conn {
                 None
             };
             let now_ts = self.ts_now(cx.now, cx.epoch);
-            let r = self.snd.on_ack(cx.now, seg, self.snd_wscale, self.sack_ok, ts_ecr, now_ts);
+            let r = self
+                .snd
+                .on_ack(cx.now, seg, self.snd_wscale, self.sack_ok, ts_ecr, now_ts);
             if r.advanced {
                 self.rto_retries = 0;
                 self.persist_backoff = 0;
@@ -884,11 +890,11 @@ impl Conn {
         if n > 0 || buf.is_empty() {
             return Ok(n);
         }
-        if self.rcv.fin_received {
-            return Ok(0);
-        }
         if let Some(e) = self.error {
             return Err(e);
+        }
+        if self.rcv.fin_received {
+            return Ok(0);
         }
         match self.state {
             TcpState::SynSent | TcpState::SynReceived => Err(TcpError::NotConnected),
@@ -910,9 +916,7 @@ impl Conn {
     }
     pub(crate) fn send_space(&self) -> usize {
         match self.state {
-            TcpState::Established | TcpState::CloseWait if !self.snd.fin_queued => {
-                self.snd.space()
-            }
+            TcpState::Established | TcpState::CloseWait if !self.snd.fin_queued => self.snd.space(),
             _ => 0,
         }
     }

@@ -26,6 +26,8 @@ pub(crate) struct Receiver {
     unacked_bytes: u32,
     /// Largest segment we expect (for "every second full segment").
     rcv_mss: u32,
+    /// The user read since our last ACK: a window update may be due.
+    read_since_ack: bool,
 }
 
 impl Receiver {
@@ -41,6 +43,7 @@ impl Receiver {
             fin_received: false,
             unacked_bytes: 0,
             rcv_mss: u32::from(cfg.mss),
+            read_since_ack: false,
         }
     }
 
@@ -60,7 +63,9 @@ impl Receiver {
     }
 
     fn free(&self) -> u32 {
-        self.cap.saturating_sub(self.buf.len()).min(u32::MAX as usize >> 1) as u32
+        self.cap
+            .saturating_sub(self.buf.len())
+            .min(u32::MAX as usize >> 1) as u32
     }
 
     /// The window for a SYN or SYN-ACK (unscaled, RFC 7323 §2.2).
@@ -100,6 +105,9 @@ impl Receiver {
     /// Whether reading opened the window enough to tell the peer (the window at least doubled
     /// and grew by the SWS threshold).
     pub(crate) fn window_update_due(&self, shift: u8) -> bool {
+        if !self.read_since_ack {
+            return false;
+        }
         let cur = self.current_window();
         let cand = self.candidate(shift);
         let thresh = (self.cap as u32 / 2).min(2 * self.rcv_mss).max(1);
@@ -108,6 +116,7 @@ impl Receiver {
 
     pub(crate) fn on_ack_sent(&mut self) {
         self.unacked_bytes = 0;
+        self.read_since_ack = false;
     }
 
     pub(crate) fn read(&mut self, out: &mut [u8]) -> usize {
@@ -117,6 +126,9 @@ impl Receiver {
         out[..na].copy_from_slice(&a[..na]);
         out[na..n].copy_from_slice(&b[..n - na]);
         self.buf.drain(..n);
+        if n > 0 {
+            self.read_since_ack = true;
+        }
         n
     }
 
@@ -149,7 +161,7 @@ impl Conn {
         }
         if !seg.payload.is_empty() {
             let seg_end = seg.seq + seg.payload.len() as u32;
-            if self.released && seg_end.gt(self.rcv.nxt) {
+            if self.user_closed && seg_end.gt(self.rcv.nxt) {
                 // Data after close (DESIGN §7, RFC 9293 §3.10.7.4 "segment text" after CLOSE).
                 self.queue_abort_rst(cx, false);
                 self.error = Some(super::super::types::TcpError::Aborted);

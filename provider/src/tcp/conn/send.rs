@@ -220,8 +220,9 @@ impl Sender {
             }
             Some(_) => self.flight().saturating_sub(self.dupacks * self.mss),
             // Limited transmit (RFC 3042): the first two duplicate ACKs each release a segment.
-            None => ((self.nxt - self.una).max(0) as u32)
-                .saturating_sub(self.dupacks.min(2) * self.mss),
+            None => {
+                ((self.nxt - self.una).max(0) as u32).saturating_sub(self.dupacks.min(2) * self.mss)
+            }
         }
     }
 
@@ -346,8 +347,7 @@ impl Sender {
     /// Fast retransmit on the third duplicate ACK, or earlier when the scoreboard shows the first
     /// segment lost (RFC 6675 §5).
     fn maybe_enter_recovery(&mut self, now: Instant, dupthresh_reached: bool) {
-        let lost = !self.sb.is_empty()
-            && self.sb.is_lost(self.una, self.mss, DUPTHRESH);
+        let lost = !self.sb.is_empty() && self.sb.is_lost(self.una, self.mss, DUPTHRESH);
         if !(dupthresh_reached || lost) || self.una == self.max {
             return;
         }
