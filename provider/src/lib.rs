@@ -7,6 +7,7 @@ pub mod api;
 pub mod engine;
 pub mod net;
 pub mod socket;
+pub mod tcp;
 pub mod udp;
 pub mod xdp;
 pub mod xsk;
