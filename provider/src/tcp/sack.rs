@@ -506,7 +506,7 @@ mod tests {
             }
             let _ = sb.pipe(base + una, base + SPAN, base + una + next(100), MSS, DT);
             if let Some((s, len)) = sb.next_seg(base + una, base + SPAN, base + una, MSS, DT) {
-                assert!(!sb.is_sacked(s) && len >= 1 && len <= MSS);
+                assert!(!sb.is_sacked(s) && (1..=MSS).contains(&len));
                 assert!(sb.is_lost(s, MSS, DT));
             }
         }

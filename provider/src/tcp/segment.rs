@@ -52,6 +52,11 @@ impl<'a> SegmentIn<'a> {
         self.flags.contains(TcpFlags::ACK)
     }
 
+    /// No payload and neither SYN nor FIN.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// SEG.LEN: payload plus one for SYN and one for FIN.
     pub fn len(&self) -> u32 {
         self.payload.len() as u32 + u32::from(self.syn()) + u32::from(self.fin())

@@ -13,7 +13,7 @@ impl Conn {
         if self.rcv.fin_received || self.rcv.fin_seq != Some(self.rcv.nxt) {
             return;
         }
-        self.rcv.nxt = self.rcv.nxt + 1;
+        self.rcv.nxt += 1;
         self.rcv.fin_received = true;
         self.ack_now = true;
         self.t_delack = None;

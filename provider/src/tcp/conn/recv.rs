@@ -201,14 +201,14 @@ impl Conn {
         let take = data.len().min(rcv.current_window() as usize);
         let was_empty = rcv.buf.is_empty();
         rcv.buf.extend(&data[..take]);
-        rcv.nxt = rcv.nxt + take as u32;
+        rcv.nxt += take as u32;
         rcv.unacked_bytes = rcv.unacked_bytes.saturating_add(take as u32);
         if !rcv.reasm.is_empty() {
             let Receiver {
                 reasm, buf, nxt, ..
             } = rcv;
             let n = reasm.pop_contiguous(*nxt, &mut |d: &[u8]| buf.extend(d));
-            *nxt = *nxt + n;
+            *nxt += n;
             // Filling a hole: ACK at once (RFC 5681 §4.2).
             self.ack_now = true;
         }

@@ -265,7 +265,7 @@ impl Sender {
                 0
             };
             self.buf.drain(..data_acked);
-            self.buf_seq = self.buf_seq + data_acked as u32;
+            self.buf_seq += data_acked as u32;
             debug_assert!(self.buf_seq.le(end));
             self.una = ack;
             if self.nxt.lt(ack) {
@@ -490,10 +490,5 @@ impl Sender {
         }
         self.last_send = now;
         self.force_send = false;
-    }
-
-    #[cfg(test)]
-    pub(crate) fn in_recovery(&self) -> bool {
-        self.recovery.is_some()
     }
 }

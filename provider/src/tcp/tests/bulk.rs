@@ -37,6 +37,9 @@ pub(crate) struct Link {
     pub jitter: Duration,
 }
 
+/// A packet on the wire: (deliver at, FIFO tie-break, destination engine, bytes).
+type InFlight = (Instant, u64, usize, Vec<u8>);
+
 /// Two engines, `a` (index 0) and `b` (index 1), and the packets between them.
 pub(crate) struct Pair {
     pub engines: [TcpEngine; 2],
@@ -46,7 +49,7 @@ pub(crate) struct Pair {
     pub link: Link,
     pub rng: Rng,
     /// (deliver at, sequence for FIFO ties, destination engine, bytes).
-    wire: BinaryHeap<Reverse<(Instant, u64, usize, Vec<u8>)>>,
+    wire: BinaryHeap<Reverse<InFlight>>,
     counter: u64,
     pub events: [Vec<Event>; 2],
     pub delivered: u64,
@@ -245,20 +248,24 @@ fn bulk_lossy_reordering_duplicating_link() {
 
 #[test]
 fn bulk_lossy_without_sack_or_timestamps_newreno() {
-    let mut cfg = TcpConfig::default();
-    cfg.sack = false;
-    cfg.timestamps = false;
-    cfg.cc = crate::tcp::CcAlgorithm::NewReno;
+    let cfg = TcpConfig {
+        sack: false,
+        timestamps: false,
+        cc: crate::tcp::CcAlgorithm::NewReno,
+        ..Default::default()
+    };
     let (data, got, _t) = transfer(link(0.02, 0.01, 0.05), 11, 2 << 20, cfg);
     assert!(data == got, "byte-exact");
 }
 
 #[test]
 fn bulk_small_buffers_and_heavy_loss() {
-    let mut cfg = TcpConfig::default();
-    cfg.recv_buffer = 16 * 1024;
-    cfg.send_buffer = 16 * 1024;
-    cfg.window_scale = false;
+    let cfg = TcpConfig {
+        recv_buffer: 16 * 1024,
+        send_buffer: 16 * 1024,
+        window_scale: false,
+        ..Default::default()
+    };
     let (data, got, _t) = transfer(link(0.10, 0.02, 0.10), 13, 1 << 20, cfg);
     assert!(data == got, "byte-exact");
 }

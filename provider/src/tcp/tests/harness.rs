@@ -114,6 +114,7 @@ impl Seg {
 
 /// One segment the engine sent, decoded (sequence numbers absolute; see the relative helpers).
 #[derive(Clone, Debug)]
+#[allow(dead_code)] // fields for scenario authors
 pub(crate) struct Sent {
     pub at: Duration,
     pub src: SocketAddr,

@@ -3,7 +3,7 @@
 use std::time::Duration;
 
 use super::harness::*;
-use crate::tcp::{ConnOptions, Event, TcpConfig, TcpError, TcpState};
+use crate::tcp::{ConnOptions, Event, TcpError, TcpState};
 
 fn nodelay() -> ConnOptions {
     ConnOptions {
@@ -181,6 +181,8 @@ fn segment_to_closed_port_gets_rst() {
     );
     h.inject(1, seg(F_ACK).seq(10).ack(77).len(3).no_ts());
     h.expect(1, exp(F_RST).seq(77));
+    h.inject(1, seg(F_ACK).seq(99).ack(0xffff_fff0).absolute().no_ts());
+    h.expect(1, exp(F_RST).seq(0xffff_fff0).absolute());
     h.inject(2, seg(F_RST).seq(10).no_ts());
     h.expect_nothing_until(10);
 }
