@@ -12,7 +12,7 @@ pub(crate) struct Rng(u64);
 
 impl Rng {
     pub fn new(seed: u64) -> Self {
-        Self(seed | 1)
+        Self(seed.wrapping_mul(2).wrapping_add(1))
     }
     pub fn next(&mut self) -> u64 {
         self.0 ^= self.0 >> 12;
@@ -217,6 +217,13 @@ fn transfer(link: Link, seed: u64, total: usize, cfg: TcpConfig) -> (Vec<u8>, Ve
             );
         }
     }
+    eprintln!(
+        "transfer: {} bytes in {:?} virtual, {} delivered, {} dropped",
+        total,
+        p.now - p.t0,
+        p.delivered,
+        p.dropped
+    );
     (data, got, p.now - p.t0)
 }
 
