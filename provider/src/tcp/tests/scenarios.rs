@@ -1,0 +1,888 @@
+//! Packetdrill-style scenarios against one engine.
+
+use std::time::Duration;
+
+use super::harness::*;
+use crate::tcp::{ConnOptions, Event, TcpError, TcpState};
+
+fn nodelay() -> ConnOptions {
+    ConnOptions {
+        nodelay: true,
+        ..Default::default()
+    }
+}
+
+// ------------------------------------------------------------------ handshakes
+
+#[test]
+fn passive_handshake_negotiates_options() {
+    let mut h = Harness::new(cfg());
+    let l = h.engine.listen(LOCAL, 8).unwrap();
+    h.inject(
+        0,
+        seg(F_SYN).mss(1460).ws(7).sack_perm().ts(100, 0).win(65535),
+    );
+    let sa = h.expect(
+        0,
+        exp(F_SYN | F_ACK)
+            .seq(0)
+            .ack(1)
+            .mss(Some(1460))
+            .ws(Some(5))
+            .sack_perm(true)
+            .has_ts(true)
+            .win(65535),
+    );
+    assert_eq!(sa.opts.timestamps.unwrap().1, 100, "TSecr echoes the SYN");
+    h.peer_ts = true;
+    h.inject(5, seg(F_ACK).seq(1).ack(1).win(1000));
+    h.expect_event(Event::AcceptReady(l));
+    let c = h.engine.accept(l).unwrap();
+    assert_eq!(h.engine.state(c), Some(TcpState::Established));
+    // Scaled window on non-SYN segments: 1 MiB >> 5.
+    assert_eq!(h.engine.send(h.now, c, b"hello").unwrap(), 5);
+    h.drain();
+    h.expect(
+        5,
+        exp(F_ACK | F_PSH)
+            .seq(1)
+            .ack(1)
+            .len(5)
+            .win(32768)
+            .has_ts(true),
+    );
+}
+
+#[test]
+fn passive_handshake_without_options() {
+    let mut h = Harness::new(cfg());
+    h.engine.listen(LOCAL, 8).unwrap();
+    h.inject(0, seg(F_SYN).no_ts().win(8192));
+    h.expect(
+        0,
+        exp(F_SYN | F_ACK)
+            .ack(1)
+            .mss(Some(1460))
+            .ws(None)
+            .sack_perm(false)
+            .has_ts(false),
+    );
+}
+
+#[test]
+fn active_handshake_negotiates_options() {
+    let mut h = Harness::new(cfg());
+    let c = h
+        .engine
+        .connect(h.now, LOCAL, REMOTE, ConnOptions::default())
+        .unwrap();
+    h.drain();
+    h.expect(
+        0,
+        exp(F_SYN)
+            .seq(0)
+            .mss(Some(1460))
+            .ws(Some(5))
+            .sack_perm(true)
+            .has_ts(true),
+    );
+    assert_eq!(h.engine.state(c), Some(TcpState::SynSent));
+    h.inject(
+        30,
+        seg(F_SYN | F_ACK)
+            .ack(1)
+            .mss(1000)
+            .ws(2)
+            .sack_perm()
+            .ts(5, 0)
+            .win(100),
+    );
+    h.expect(30, exp(F_ACK).seq(1).ack(1).has_ts(true).win(32768));
+    h.expect_event(Event::Connected(c));
+    assert_eq!(h.engine.state(c), Some(TcpState::Established));
+    // MSS 1000 - 12 = 988.
+    h.engine.send(h.now, c, &[1u8; 1000]).unwrap();
+    h.drain();
+    // The SYN's window is never scaled (RFC 7323 §2.2): 100 bytes until the next ACK.
+    h.expect(30, exp(F_ACK).seq(1).len(100));
+    h.expect_nothing_until(35);
+}
+
+#[test]
+fn simultaneous_open() {
+    let mut h = Harness::new(cfg());
+    let c = h
+        .engine
+        .connect(h.now, LOCAL, REMOTE, ConnOptions::default())
+        .unwrap();
+    h.drain();
+    h.expect(0, exp(F_SYN).seq(0));
+    h.inject(10, seg(F_SYN).mss(1460).no_ts().win(65535));
+    assert_eq!(h.engine.state(c), Some(TcpState::SynReceived));
+    h.expect(10, exp(F_SYN | F_ACK).seq(0).ack(1).mss(Some(1460)));
+    h.inject(20, seg(F_SYN | F_ACK).seq(0).ack(1).no_ts().win(65535));
+    assert_eq!(h.engine.state(c), Some(TcpState::Established));
+    h.expect(20, exp(F_ACK).seq(1).ack(1));
+    h.expect_event(Event::Connected(c));
+}
+
+#[test]
+fn syn_retries_back_off_then_connect_fails() {
+    let mut c = cfg();
+    c.syn_retries = 2;
+    let mut h = Harness::new(c);
+    let id = h
+        .engine
+        .connect(h.now, LOCAL, REMOTE, ConnOptions::default())
+        .unwrap();
+    h.drain();
+    h.expect(0, exp(F_SYN).seq(0));
+    h.expect(1000, exp(F_SYN).seq(0));
+    h.expect(3000, exp(F_SYN).seq(0));
+    h.expect_nothing_until(7000);
+    h.expect_event(Event::ConnectFailed(id, TcpError::TimedOut));
+    h.expect_event(Event::Closed(id));
+    assert_eq!(h.engine.state(id), Some(TcpState::Closed));
+    assert_eq!(h.engine.connection_count(), 0);
+}
+
+#[test]
+fn rst_to_syn_refuses_connect() {
+    let mut h = Harness::new(cfg());
+    let id = h
+        .engine
+        .connect(h.now, LOCAL, REMOTE, ConnOptions::default())
+        .unwrap();
+    h.drain();
+    h.expect(0, exp(F_SYN));
+    // RST without ACK in SYN_SENT: ignored.
+    h.inject(1, seg(F_RST).seq(0).no_ts());
+    assert_eq!(h.engine.state(id), Some(TcpState::SynSent));
+    // RST with an unacceptable ACK: ignored too.
+    h.inject(2, seg(F_RST | F_ACK).ack(7).no_ts());
+    assert_eq!(h.engine.state(id), Some(TcpState::SynSent));
+    h.inject(3, seg(F_RST | F_ACK).seq(0).ack(1).no_ts());
+    h.expect_event(Event::ConnectFailed(id, TcpError::ConnectionRefused));
+    assert_eq!(h.engine.state(id), Some(TcpState::Closed));
+}
+
+#[test]
+fn segment_to_closed_port_gets_rst() {
+    let mut h = Harness::new(cfg());
+    h.iss = 5000;
+    h.inject(0, seg(F_SYN).seq(0).no_ts());
+    h.expect(
+        0,
+        exp(F_RST | F_ACK)
+            .seq(0)
+            .ack(1)
+            .absolute()
+            .ack(PEER_ISS + 1),
+    );
+    h.inject(1, seg(F_ACK).seq(10).ack(77).len(3).no_ts());
+    h.expect(1, exp(F_RST).seq(77));
+    h.inject(1, seg(F_ACK).seq(99).ack(0xffff_fff0).absolute().no_ts());
+    h.expect(1, exp(F_RST).seq(0xffff_fff0).absolute());
+    h.inject(2, seg(F_RST).seq(10).no_ts());
+    h.expect_nothing_until(10);
+}
+
+// ------------------------------------------------------------------ data
+
+#[test]
+fn delayed_ack_timing_and_every_second_segment() {
+    let (mut h, _l, c) = Harness::passive(cfg(), PeerOpts::full());
+    h.inject(10, seg(F_ACK | F_PSH).seq(1).ack(1).len(100));
+    h.expect_event(Event::Readable(c));
+    h.expect(50, exp(F_ACK).seq(1).ack(101).len(0));
+    // Two full segments: ACK after the second at once.
+    h.inject(100, seg(F_ACK).seq(101).ack(1).len(1448));
+    h.inject(100, seg(F_ACK).seq(1549).ack(1).len(1448));
+    h.expect(100, exp(F_ACK).ack(2997));
+    h.expect_nothing_until(300);
+    let mut buf = vec![0u8; 4000];
+    assert_eq!(h.engine.recv(h.now, c, &mut buf), Ok(2996));
+    assert_eq!(h.engine.recv(h.now, c, &mut buf), Err(TcpError::WouldBlock));
+}
+
+#[test]
+fn delayed_ack_piggybacks_on_data() {
+    let (mut h, _l, c) = Harness::passive(cfg(), PeerOpts::full());
+    h.inject(10, seg(F_ACK | F_PSH).seq(1).ack(1).len(10));
+    h.engine.send(h.now, c, b"reply").unwrap();
+    h.drain();
+    h.expect(10, exp(F_ACK | F_PSH).seq(1).ack(11).len(5));
+    h.expect_nothing_until(100);
+}
+
+#[test]
+fn nagle_holds_small_segments_until_ack() {
+    let (mut h, c) = Harness::active(cfg(), ConnOptions::default(), PeerOpts::plain());
+    h.engine.send(h.now, c, &[1; 10]).unwrap();
+    h.drain();
+    h.expect(0, exp(F_ACK | F_PSH).seq(1).len(10));
+    h.advance(5);
+    h.engine.send(h.now, c, &[2; 10]).unwrap();
+    h.engine.send(h.now, c, &[3; 10]).unwrap();
+    h.drain();
+    h.expect_nothing_until(20);
+    h.inject(20, seg(F_ACK).seq(1).ack(11));
+    h.expect(20, exp(F_ACK | F_PSH).seq(11).len(20));
+}
+
+#[test]
+fn nodelay_sends_small_segments_at_once() {
+    let (mut h, c) = Harness::active(cfg(), nodelay(), PeerOpts::plain());
+    h.engine.send(h.now, c, &[1; 10]).unwrap();
+    h.drain();
+    h.expect(0, exp(F_ACK | F_PSH).seq(1).len(10));
+    h.advance(5);
+    h.engine.send(h.now, c, &[2; 10]).unwrap();
+    h.drain();
+    h.expect(5, exp(F_ACK | F_PSH).seq(11).len(10));
+    // Toggling at runtime.
+    h.engine.set_nodelay(c, false);
+    h.engine.send(h.now, c, &[3; 10]).unwrap();
+    h.drain();
+    h.expect_nothing_until(10);
+    h.engine.set_nodelay(c, true);
+    h.drain();
+    h.expect(10, exp(F_ACK | F_PSH).seq(21).len(10));
+}
+
+#[test]
+fn full_segments_and_initial_window_of_ten() {
+    let (mut h, c) = Harness::active(cfg(), ConnOptions::default(), PeerOpts::plain());
+    h.engine.send(h.now, c, &[0; 20_000]).unwrap();
+    h.drain();
+    for k in 0..10 {
+        h.expect(0, exp(F_ACK).seq(1 + 1000 * k).len(1000));
+    }
+    h.expect_nothing_until(10);
+    h.inject(10, seg(F_ACK).seq(1).ack(2001));
+    // Slow start: 2 acked segments open 2 more, plus the 2 freed.
+    let mut n = 0;
+    while h.out.pop_front().is_some() {
+        n += 1;
+    }
+    assert!(n >= 2, "sent {n}");
+}
+
+#[test]
+fn out_of_order_is_acked_at_once_with_sack_blocks() {
+    let (mut h, _l, c) = Harness::passive(cfg(), PeerOpts::full());
+    h.inject(10, seg(F_ACK).seq(1001).ack(1).len(500));
+    h.expect(10, exp(F_ACK).ack(1).sacks(&[(1001, 1501)]));
+    h.inject(11, seg(F_ACK).seq(2001).ack(1).len(500));
+    h.expect(11, exp(F_ACK).ack(1).sacks(&[(2001, 2501), (1001, 1501)]));
+    assert_eq!(h.engine.recv_available(c), 0);
+    h.inject(12, seg(F_ACK).seq(1).ack(1).len(1000));
+    h.expect(12, exp(F_ACK).ack(1501).sacks(&[(2001, 2501)]));
+    h.inject(13, seg(F_ACK).seq(1501).ack(1).len(500));
+    h.expect(13, exp(F_ACK).ack(2501).sacks(&[]));
+    assert_eq!(h.engine.recv_available(c), 2500);
+}
+
+#[test]
+fn duplicate_data_is_acked_at_once() {
+    let (mut h, _l, _c) = Harness::passive(cfg(), PeerOpts::full());
+    h.inject(10, seg(F_ACK).seq(1).ack(1).len(100));
+    h.expect(50, exp(F_ACK).ack(101));
+    h.inject(60, seg(F_ACK).seq(1).ack(1).len(100));
+    h.expect(60, exp(F_ACK).ack(101));
+}
+
+// ------------------------------------------------------------------ loss recovery
+
+fn fill(h: &mut Harness, c: crate::tcp::ConnId, n: usize, seg_len: u32, segs: u32) {
+    h.engine.send(h.now, c, &vec![7u8; n]).unwrap();
+    h.drain();
+    for k in 0..segs {
+        h.expect_now(Exp::default().seq(1 + seg_len * k).len(seg_len as usize));
+    }
+}
+
+#[test]
+fn fast_retransmit_on_three_dup_acks_with_sack() {
+    let (mut h, _l, c) = Harness::passive(cfg(), PeerOpts::full());
+    fill(&mut h, c, 14480, 1448, 10);
+    h.inject(20, seg(F_ACK).seq(1).ack(1).sack(&[(1449, 2897)]));
+    h.inject(21, seg(F_ACK).seq(1).ack(1).sack(&[(1449, 4345)]));
+    h.expect_nothing_until(21);
+    h.inject(22, seg(F_ACK).seq(1).ack(1).sack(&[(1449, 5793)]));
+    h.expect(22, exp(F_ACK).seq(1).len(1448));
+    // The rest of the hole-free window is SACKed up to 5793; a full ACK ends recovery.
+    h.inject(30, seg(F_ACK).seq(1).ack(14481));
+    assert_eq!(h.engine.unacked_bytes(c), 0);
+}
+
+#[test]
+fn fast_retransmit_newreno_without_sack() {
+    let (mut h, c) = Harness::active(cfg(), ConnOptions::default(), PeerOpts::plain());
+    fill(&mut h, c, 10_000, 1000, 10);
+    for t in 0..2 {
+        h.inject(20 + t, seg(F_ACK).seq(1).ack(1));
+    }
+    h.expect_nothing_until(21);
+    h.inject(22, seg(F_ACK).seq(1).ack(1));
+    h.expect(22, exp(F_ACK).seq(1).len(1000));
+    // Partial ACK (RFC 6582): retransmit the next hole at once.
+    h.inject(30, seg(F_ACK).seq(1).ack(3001));
+    h.expect(30, exp(F_ACK).seq(3001).len(1000));
+    h.inject(40, seg(F_ACK).seq(1).ack(10001));
+    assert_eq!(h.engine.unacked_bytes(c), 0);
+}
+
+#[test]
+fn rto_backs_off_exponentially_and_karn_ignores_retransmitted_samples() {
+    let (mut h, c) = Harness::active(cfg(), ConnOptions::default(), PeerOpts::plain());
+    // SYN RTT 0 → RTO = min_rto (200 ms).
+    h.engine.send(h.now, c, &[1; 100]).unwrap();
+    h.drain();
+    h.expect(0, exp(F_ACK | F_PSH).seq(1).len(100));
+    h.expect(200, exp(F_ACK | F_PSH).seq(1).len(100));
+    h.expect(600, exp(F_ACK | F_PSH).seq(1).len(100));
+    h.expect(1400, exp(F_ACK | F_PSH).seq(1).len(100));
+    // The ACK of a retransmitted segment gives no sample: the backed-off RTO (1600) stays.
+    h.inject(1500, seg(F_ACK).seq(1).ack(101));
+    h.engine.send(h.now, c, &[2; 100]).unwrap();
+    h.drain();
+    h.expect(1500, exp(F_ACK | F_PSH).seq(101).len(100));
+    h.expect(3100, exp(F_ACK | F_PSH).seq(101).len(100));
+}
+
+#[test]
+fn data_retries_exhausted_abort_with_timeout() {
+    let mut cf = cfg();
+    cf.data_retries = 2;
+    let (mut h, c) = Harness::active(cf, ConnOptions::default(), PeerOpts::plain());
+    h.engine.send(h.now, c, &[1; 10]).unwrap();
+    h.drain();
+    h.expect(0, exp(F_ACK | F_PSH).seq(1));
+    h.expect(200, exp(F_ACK | F_PSH).seq(1));
+    h.expect(600, exp(F_ACK | F_PSH).seq(1));
+    h.expect_nothing_until(1400);
+    h.expect_event(Event::Reset(c));
+    h.expect_event(Event::Closed(c));
+    assert_eq!(h.engine.send(h.now, c, b"x"), Err(TcpError::TimedOut));
+    let mut b = [0u8; 4];
+    assert_eq!(h.engine.recv(h.now, c, &mut b), Err(TcpError::TimedOut));
+}
+
+// ------------------------------------------------------------------ windows
+
+#[test]
+fn zero_window_probes_back_off_then_window_update_releases_data() {
+    let (mut h, c) = Harness::active(cfg(), ConnOptions::default(), PeerOpts::plain());
+    fill(&mut h, c, 2000, 1000, 2);
+    h.inject(10, seg(F_ACK).seq(1).ack(2001).win(0));
+    h.engine.send(h.now, c, &[9; 500]).unwrap();
+    h.drain();
+    h.expect(210, exp(F_ACK).seq(2000).len(0));
+    h.inject(215, seg(F_ACK).seq(1).ack(2001).win(0));
+    h.expect(610, exp(F_ACK).seq(2000).len(0));
+    h.expect(1410, exp(F_ACK).seq(2000).len(0));
+    h.inject(1500, seg(F_ACK).seq(1).ack(2001).win(1000));
+    h.expect(1500, exp(F_ACK | F_PSH).seq(2001).len(500));
+}
+
+#[test]
+fn receiver_closes_window_and_reopens_with_update() {
+    let mut cf = cfg();
+    cf.recv_buffer = 4000;
+    let (mut h, _l, c) = Harness::passive(cf, PeerOpts::plain());
+    h.inject(10, seg(F_ACK).seq(1).ack(1).len(1000));
+    h.inject(10, seg(F_ACK).seq(1001).ack(1).len(1000));
+    h.expect(10, exp(F_ACK).ack(2001).win(2000));
+    h.inject(11, seg(F_ACK).seq(2001).ack(1).len(1000));
+    h.inject(11, seg(F_ACK).seq(3001).ack(1).len(1000));
+    h.expect(11, exp(F_ACK).ack(4001).win(0));
+    // Beyond the window: dropped and re-ACKed.
+    h.inject(12, seg(F_ACK).seq(4001).ack(1).len(10));
+    h.expect(12, exp(F_ACK).ack(4001).win(0));
+    // Reading a little does not reopen (receiver SWS); reading half does.
+    let mut buf = vec![0u8; 4000];
+    assert_eq!(h.engine.recv(h.now, c, &mut buf[..100]), Ok(100));
+    h.drain();
+    h.expect_nothing_until(20);
+    assert_eq!(h.engine.recv(h.now, c, &mut buf[..2000]), Ok(2000));
+    h.drain();
+    h.expect(20, exp(F_ACK).ack(4001).win(2100));
+}
+
+// ------------------------------------------------------------------ close
+
+#[test]
+fn active_close_fin_then_time_wait_expiry_and_fin_reack() {
+    let mut cf = cfg();
+    cf.time_wait = Duration::from_secs(10);
+    let (mut h, _l, c) = Harness::passive(cf, PeerOpts::full());
+    h.engine.send(h.now, c, b"bye").unwrap();
+    h.engine.shutdown_write(h.now, c).unwrap();
+    h.drain();
+    h.expect(0, exp(F_ACK | F_PSH | F_FIN).seq(1).len(3));
+    assert_eq!(h.engine.state(c), Some(TcpState::FinWait1));
+    assert_eq!(h.engine.unacked_bytes(c), 4);
+    h.inject(10, seg(F_ACK).seq(1).ack(5));
+    assert_eq!(h.engine.state(c), Some(TcpState::FinWait2));
+    assert_eq!(h.engine.send(h.now, c, b"x"), Err(TcpError::Shutdown));
+    h.inject(20, seg(F_ACK | F_FIN).seq(1).ack(5));
+    h.expect(20, exp(F_ACK).seq(5).ack(2));
+    h.expect_event(Event::PeerFin(c));
+    assert_eq!(h.engine.state(c), Some(TcpState::TimeWait));
+    let mut b = [0u8; 8];
+    assert_eq!(h.engine.recv(h.now, c, &mut b), Ok(0));
+    // Retransmitted FIN: re-ACKed, TIME_WAIT restarted.
+    h.inject(5000, seg(F_ACK | F_FIN).seq(1).ack(5));
+    h.expect(5000, exp(F_ACK).seq(5).ack(2));
+    h.advance(14_999);
+    assert_eq!(h.engine.state(c), Some(TcpState::TimeWait));
+    h.advance(15_001);
+    h.expect_event(Event::Closed(c));
+    assert_eq!(h.engine.state(c), Some(TcpState::Closed));
+    assert_eq!(h.engine.connection_count(), 0);
+    h.engine.close(h.now, c);
+    assert_eq!(h.engine.state(c), None);
+}
+
+#[test]
+fn passive_close_peer_fin_first() {
+    let (mut h, _l, c) = Harness::passive(cfg(), PeerOpts::full());
+    h.inject(10, seg(F_ACK | F_FIN).seq(1).ack(1).len(4));
+    h.expect(10, exp(F_ACK).ack(6));
+    h.expect_event(Event::PeerFin(c));
+    assert_eq!(h.engine.state(c), Some(TcpState::CloseWait));
+    let mut b = [0u8; 8];
+    assert_eq!(h.engine.recv(h.now, c, &mut b), Ok(4));
+    assert_eq!(h.engine.recv(h.now, c, &mut b), Ok(0));
+    h.engine.send(h.now, c, b"ok").unwrap();
+    h.engine.close(h.now, c);
+    assert_eq!(h.engine.orphan_count(), 1);
+    h.drain();
+    h.expect(10, exp(F_ACK | F_PSH | F_FIN).seq(1).ack(6).len(2));
+    h.inject(20, seg(F_ACK).seq(6).ack(4));
+    h.expect_event(Event::Closed(c));
+    assert_eq!(h.engine.orphan_count(), 0);
+    assert_eq!(h.engine.connection_count(), 0);
+    assert_eq!(h.engine.state(c), None);
+}
+
+#[test]
+fn out_of_order_fin_waits_for_the_hole() {
+    let (mut h, _l, c) = Harness::passive(cfg(), PeerOpts::full());
+    h.inject(10, seg(F_ACK | F_FIN).seq(11).ack(1).len(5));
+    h.expect(10, exp(F_ACK).ack(1));
+    assert_eq!(h.engine.state(c), Some(TcpState::Established));
+    h.inject(11, seg(F_ACK).seq(1).ack(1).len(10));
+    h.expect(11, exp(F_ACK).ack(17));
+    assert_eq!(h.engine.state(c), Some(TcpState::CloseWait));
+}
+
+#[test]
+fn simultaneous_close() {
+    let (mut h, _l, c) = Harness::passive(cfg(), PeerOpts::full());
+    h.engine.shutdown_write(h.now, c).unwrap();
+    h.drain();
+    h.expect(0, exp(F_ACK | F_FIN).seq(1).ack(1));
+    h.inject(5, seg(F_ACK | F_FIN).seq(1).ack(1));
+    assert_eq!(h.engine.state(c), Some(TcpState::Closing));
+    h.expect(5, exp(F_ACK).seq(2).ack(2));
+    h.inject(6, seg(F_ACK).seq(2).ack(2));
+    assert_eq!(h.engine.state(c), Some(TcpState::TimeWait));
+}
+
+#[test]
+fn fin_is_retransmitted() {
+    let (mut h, c) = Harness::active(cfg(), ConnOptions::default(), PeerOpts::plain());
+    h.engine.shutdown_write(h.now, c).unwrap();
+    h.drain();
+    h.expect(0, exp(F_ACK | F_FIN).seq(1));
+    h.expect(200, exp(F_ACK | F_FIN).seq(1));
+    h.inject(250, seg(F_ACK).seq(1).ack(2));
+    assert_eq!(h.engine.state(c), Some(TcpState::FinWait2));
+}
+
+#[test]
+fn abort_sends_rst_with_snd_nxt_and_rcv_nxt() {
+    let (mut h, _l, c) = Harness::passive(cfg(), PeerOpts::full());
+    h.engine.send(h.now, c, &[1; 100]).unwrap();
+    h.drain();
+    h.expect(0, exp(F_ACK | F_PSH).seq(1).len(100));
+    h.inject(5, seg(F_ACK).seq(1).ack(1).len(50));
+    h.engine.send(h.now, c, &[1; 10]).unwrap(); // queued behind Nagle
+    h.engine.abort(h.now, c);
+    h.drain();
+    h.expect(5, exp(F_RST | F_ACK).seq(101).ack(51).has_ts(true));
+    h.expect_nothing_until(3000);
+    h.expect_event(Event::Closed(c));
+    assert_eq!(h.engine.state(c), None);
+    assert_eq!(h.engine.connection_count(), 0);
+}
+
+#[test]
+fn close_with_unread_data_sends_rst() {
+    let (mut h, _l, c) = Harness::passive(cfg(), PeerOpts::full());
+    h.inject(5, seg(F_ACK | F_PSH).seq(1).ack(1).len(50));
+    h.engine.close(h.now, c);
+    h.drain();
+    h.expect(5, exp(F_RST | F_ACK).seq(1).ack(51));
+    h.expect_event(Event::Closed(c));
+    h.expect_nothing_until(1000);
+    assert_eq!(h.engine.connection_count(), 0);
+}
+
+#[test]
+fn data_after_close_gets_rst() {
+    let (mut h, _l, c) = Harness::passive(cfg(), PeerOpts::full());
+    h.engine.close(h.now, c);
+    h.drain();
+    h.expect(0, exp(F_ACK | F_FIN).seq(1).ack(1));
+    h.inject(5, seg(F_ACK).seq(1).ack(2));
+    assert_eq!(h.engine.state(c), None, "handle released");
+    assert_eq!(h.engine.orphan_count(), 1);
+    h.inject(6, seg(F_ACK | F_PSH).seq(1).ack(2).len(10));
+    h.expect(6, exp(F_RST | F_ACK).seq(2).ack(1));
+    assert_eq!(h.engine.orphan_count(), 0);
+    assert_eq!(h.engine.connection_count(), 0);
+}
+
+#[test]
+fn orphan_in_fin_wait_2_times_out_with_rst() {
+    let mut cf = cfg();
+    cf.orphan_timeout = Duration::from_secs(5);
+    let (mut h, _l, c) = Harness::passive(cf, PeerOpts::full());
+    h.engine.close(h.now, c);
+    h.drain();
+    h.expect(0, exp(F_ACK | F_FIN).seq(1));
+    h.inject(5, seg(F_ACK).seq(1).ack(2));
+    h.expect(5000, exp(F_RST | F_ACK).seq(2).ack(1));
+    assert_eq!(h.engine.connection_count(), 0);
+}
+
+#[test]
+fn close_in_syn_sent_sends_nothing_and_late_syn_ack_gets_rst() {
+    let mut h = Harness::new(cfg());
+    let c = h
+        .engine
+        .connect(h.now, LOCAL, REMOTE, ConnOptions::default())
+        .unwrap();
+    h.drain();
+    h.expect(0, exp(F_SYN).seq(0));
+    h.engine.close(h.now, c);
+    h.drain();
+    h.expect_event(Event::Closed(c));
+    h.expect_nothing_until(5000);
+    h.inject(5000, seg(F_SYN | F_ACK).seq(0).ack(1).no_ts());
+    h.expect(5000, exp(F_RST).seq(1));
+}
+
+// ------------------------------------------------------------------ RFC 5961 and RSTs
+
+/// Brings a passive connection into `state`; returns the (peer seq, engine seq) expected next.
+fn reach(state: TcpState) -> (Harness, crate::tcp::ConnId, u32, u32) {
+    let (mut h, _l, c) = Harness::passive(cfg(), PeerOpts::full());
+    let (p, e) = match state {
+        TcpState::Established => (1, 1),
+        TcpState::FinWait1 => {
+            h.engine.shutdown_write(h.now, c).unwrap();
+            h.drain();
+            h.expect_now(exp(F_ACK | F_FIN));
+            (1, 2)
+        }
+        TcpState::FinWait2 => {
+            h.engine.shutdown_write(h.now, c).unwrap();
+            h.drain();
+            h.expect_now(exp(F_ACK | F_FIN));
+            h.inject(1, seg(F_ACK).seq(1).ack(2));
+            (1, 2)
+        }
+        TcpState::CloseWait => {
+            h.inject(1, seg(F_ACK | F_FIN).seq(1).ack(1));
+            h.expect_now(exp(F_ACK).ack(2));
+            (2, 1)
+        }
+        TcpState::Closing => {
+            h.engine.shutdown_write(h.now, c).unwrap();
+            h.drain();
+            h.expect_now(exp(F_ACK | F_FIN));
+            h.inject(1, seg(F_ACK | F_FIN).seq(1).ack(1));
+            h.expect_now(exp(F_ACK).ack(2));
+            (2, 2)
+        }
+        TcpState::LastAck => {
+            h.inject(1, seg(F_ACK | F_FIN).seq(1).ack(1));
+            h.expect_now(exp(F_ACK).ack(2));
+            h.engine.shutdown_write(h.now, c).unwrap();
+            h.drain();
+            h.expect_now(exp(F_ACK | F_FIN));
+            (2, 2)
+        }
+        TcpState::TimeWait => {
+            h.engine.shutdown_write(h.now, c).unwrap();
+            h.drain();
+            h.expect_now(exp(F_ACK | F_FIN));
+            h.inject(1, seg(F_ACK | F_FIN).seq(1).ack(2));
+            h.expect_now(exp(F_ACK).ack(2));
+            (2, 2)
+        }
+        s => panic!("unsupported {s:?}"),
+    };
+    assert_eq!(h.engine.state(c), Some(state));
+    h.events.clear();
+    (h, c, p, e)
+}
+
+const SYNCED: [TcpState; 7] = [
+    TcpState::Established,
+    TcpState::FinWait1,
+    TcpState::FinWait2,
+    TcpState::CloseWait,
+    TcpState::Closing,
+    TcpState::LastAck,
+    TcpState::TimeWait,
+];
+
+#[test]
+fn rst_in_window_not_exact_gets_challenge_ack_in_every_state() {
+    for st in SYNCED {
+        let (mut h, c, p, e) = reach(st);
+        h.inject(100, seg(F_RST).seq(p + 1000));
+        h.expect(100, exp(F_ACK).seq(e).ack(p));
+        assert_eq!(h.engine.state(c), Some(st), "{st:?}");
+    }
+}
+
+#[test]
+fn rst_exact_resets_in_every_state() {
+    for st in SYNCED {
+        let (mut h, c, p, _e) = reach(st);
+        h.inject(100, seg(F_RST).seq(p));
+        h.expect_nothing_until(200);
+        assert!(h.has_event(Event::Closed(c)), "{st:?}: {:?}", h.events);
+        if matches!(
+            st,
+            TcpState::Established | TcpState::FinWait1 | TcpState::FinWait2 | TcpState::CloseWait
+        ) {
+            assert!(h.has_event(Event::Reset(c)), "{st:?}");
+            let mut b = [0u8; 4];
+            assert_eq!(
+                h.engine.recv(h.now, c, &mut b),
+                Err(TcpError::ConnectionReset)
+            );
+        }
+        assert_eq!(h.engine.connection_count(), 0, "{st:?}");
+    }
+}
+
+#[test]
+fn rst_out_of_window_is_ignored_in_every_state() {
+    for st in SYNCED {
+        let (mut h, c, p, _e) = reach(st);
+        h.inject(100, seg(F_RST).seq(p.wrapping_add(10_000_000)));
+        h.inject(101, seg(F_RST).seq(p.wrapping_sub(10)));
+        h.expect_nothing_until(150);
+        assert_eq!(h.engine.state(c), Some(st), "{st:?}");
+    }
+}
+
+#[test]
+fn rst_in_syn_received_drops_the_half_open_connection() {
+    let mut h = Harness::new(cfg());
+    let l = h.engine.listen(LOCAL, 8).unwrap();
+    h.inject(0, seg(F_SYN).no_ts());
+    h.expect(0, exp(F_SYN | F_ACK).ack(1));
+    assert_eq!(h.engine.connection_count(), 1);
+    h.inject(5, seg(F_RST).seq(1).no_ts());
+    assert_eq!(h.engine.connection_count(), 0);
+    assert!(h.engine.accept(l).is_none());
+    h.expect_nothing_until(5000);
+}
+
+#[test]
+fn syn_in_established_gets_challenge_ack() {
+    let (mut h, c, _p, _e) = reach(TcpState::Established);
+    h.inject(10, seg(F_SYN).seq(500));
+    h.expect(10, exp(F_ACK).seq(1).ack(1));
+    assert_eq!(h.engine.state(c), Some(TcpState::Established));
+}
+
+#[test]
+fn ack_beyond_snd_nxt_gets_challenge_ack_and_is_dropped() {
+    let (mut h, c, _p, _e) = reach(TcpState::Established);
+    h.inject(10, seg(F_ACK | F_PSH).seq(1).ack(5000).len(10));
+    h.expect(10, exp(F_ACK).seq(1).ack(1));
+    assert_eq!(h.engine.recv_available(c), 0);
+}
+
+#[test]
+fn challenge_acks_are_rate_limited() {
+    let mut cf = cfg();
+    cf.challenge_ack_limit = 2;
+    let (mut h, _l, _c) = Harness::passive(cf, PeerOpts::full());
+    for _ in 0..5 {
+        h.inject(10, seg(F_RST).seq(1000));
+    }
+    h.expect_now(exp(F_ACK));
+    h.expect_now(exp(F_ACK));
+    h.expect_nothing_until(500);
+    h.inject(1100, seg(F_RST).seq(1000));
+    h.expect(1100, exp(F_ACK));
+}
+
+#[test]
+fn paws_rejects_an_old_timestamp() {
+    let (mut h, c, _p, _e) = reach(TcpState::Established);
+    h.inject(10, seg(F_ACK).seq(1).ack(1).len(10).ts(5000, h.last_tsval));
+    h.expect(50, exp(F_ACK).ack(11));
+    h.inject(60, seg(F_ACK).seq(11).ack(1).len(10).ts(4000, h.last_tsval));
+    h.expect(60, exp(F_ACK).ack(11));
+    assert_eq!(h.engine.recv_available(c), 10);
+    h.inject(70, seg(F_ACK).seq(11).ack(1).len(10).ts(5001, h.last_tsval));
+    assert_eq!(h.engine.recv_available(c), 20);
+}
+
+// ------------------------------------------------------------------ listeners
+
+#[test]
+fn accept_queue_overflow_resets_the_syn() {
+    let mut h = Harness::new(cfg());
+    let l = h.engine.listen(LOCAL, 1).unwrap();
+    h.inject(0, seg(F_SYN).no_ts());
+    h.expect(0, exp(F_SYN | F_ACK).ack(1));
+    h.inject(1, seg(F_ACK).seq(1).ack(1).no_ts());
+    h.expect_event(Event::AcceptReady(l));
+    // Second client: the accept queue (backlog 1) is full.
+    h.remote = "192.0.2.2:40001".parse().unwrap();
+    h.inject(2, seg(F_SYN).seq(0).no_ts());
+    h.expect(
+        2,
+        exp(F_RST | F_ACK)
+            .ack(1)
+            .absolute()
+            .seq(0)
+            .ack(PEER_ISS + 1),
+    );
+    assert_eq!(h.engine.connection_count(), 1);
+    assert!(h.engine.accept(l).is_some());
+    assert!(h.engine.accept(l).is_none());
+}
+
+#[test]
+fn syn_backlog_bounds_half_open_connections() {
+    let mut cf = cfg();
+    cf.syn_backlog = 2;
+    let mut h = Harness::new(cf);
+    h.engine.listen(LOCAL, 100).unwrap();
+    for port in 0..3u16 {
+        h.remote = std::net::SocketAddr::new(REMOTE.ip(), 50000 + port);
+        h.inject(0, seg(F_SYN).no_ts());
+    }
+    h.expect_now(exp(F_SYN | F_ACK));
+    h.expect_now(exp(F_SYN | F_ACK));
+    h.expect_now(exp(F_RST | F_ACK));
+    assert_eq!(h.engine.connection_count(), 2);
+}
+
+#[test]
+fn close_listener_resets_queued_connections() {
+    let mut h = Harness::new(cfg());
+    let l = h.engine.listen(LOCAL, 8).unwrap();
+    h.inject(0, seg(F_SYN).no_ts());
+    h.expect_now(exp(F_SYN | F_ACK));
+    h.inject(1, seg(F_ACK).seq(1).ack(1).no_ts());
+    let iss1 = h.iss;
+    h.remote = "192.0.2.2:40001".parse().unwrap();
+    h.inject(2, seg(F_SYN).no_ts());
+    h.expect_now(exp(F_SYN | F_ACK));
+    assert_eq!(h.engine.connection_count(), 2);
+    h.engine.close_listener(h.now, l);
+    h.drain();
+    let a = h.expect_now(exp(F_RST | F_ACK));
+    let b = h.expect_now(exp(F_RST | F_ACK));
+    let mut dsts = [a.dst.port(), b.dst.port()];
+    dsts.sort();
+    assert_eq!(dsts, [40000, 40001]);
+    let est = if a.dst.port() == 40000 { &a } else { &b };
+    assert_eq!(est.seq, iss1.wrapping_add(1));
+    assert_eq!(h.engine.connection_count(), 0);
+    // The port is closed now.
+    h.inject(3, seg(F_SYN).seq(100).no_ts());
+    h.expect_now(exp(F_RST | F_ACK));
+}
+
+#[test]
+fn syn_ack_is_retransmitted_and_half_open_times_out() {
+    let mut cf = cfg();
+    cf.syn_retries = 1;
+    let mut h = Harness::new(cf);
+    h.engine.listen(LOCAL, 8).unwrap();
+    h.inject(0, seg(F_SYN).no_ts());
+    h.expect(0, exp(F_SYN | F_ACK).ack(1));
+    h.expect(1000, exp(F_SYN | F_ACK).ack(1));
+    h.expect_nothing_until(3000);
+    assert_eq!(h.engine.connection_count(), 0);
+}
+
+#[test]
+fn retransmitted_syn_in_syn_received_repeats_syn_ack() {
+    let mut h = Harness::new(cfg());
+    h.engine.listen(LOCAL, 8).unwrap();
+    h.inject(0, seg(F_SYN).no_ts());
+    h.expect(0, exp(F_SYN | F_ACK).ack(1));
+    h.inject(100, seg(F_SYN).no_ts());
+    h.expect(100, exp(F_SYN | F_ACK).ack(1));
+}
+
+// ------------------------------------------------------------------ keepalive
+
+#[test]
+fn keepalive_probes_then_abort() {
+    let mut cf = cfg();
+    cf.keepalive_idle = Duration::from_secs(10);
+    cf.keepalive_interval = Duration::from_secs(1);
+    cf.keepalive_probes = 2;
+    let opts = ConnOptions {
+        keepalive: true,
+        ..Default::default()
+    };
+    let (mut h, c) = Harness::active(cf, opts, PeerOpts::plain());
+    h.expect(10_000, exp(F_ACK).seq(0).len(0));
+    // An answer restarts the idle timer.
+    h.inject(10_100, seg(F_ACK).seq(1).ack(1));
+    h.expect(20_100, exp(F_ACK).seq(0));
+    h.expect(21_100, exp(F_ACK).seq(0));
+    h.expect(22_100, exp(F_RST | F_ACK).seq(1));
+    h.expect_event(Event::Reset(c));
+    assert_eq!(h.engine.connection_count(), 0);
+    let mut b = [0u8; 1];
+    assert_eq!(h.engine.recv(h.now, c, &mut b), Err(TcpError::TimedOut));
+}
+
+#[test]
+fn keepalive_is_off_by_default() {
+    let (mut h, _c) = Harness::active(cfg(), ConnOptions::default(), PeerOpts::plain());
+    h.expect_nothing_until(8_000_000);
+}
+
+#[test]
+fn malformed_segments_do_not_panic() {
+    let (mut h, _l, _c) = Harness::passive(cfg(), PeerOpts::full());
+    let good = h.build(&seg(F_ACK).seq(1).ack(1).len(20));
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    for i in 0..20_000u64 {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        let mut b = good.clone();
+        let n = (x % 6) as usize + 1;
+        for k in 0..n {
+            let pos = ((x >> (8 * k)) as usize) % b.len();
+            b[pos] = (x >> (k * 5)) as u8;
+        }
+        if i % 7 == 0 {
+            b.truncate((x as usize) % b.len());
+        }
+        h.inject_raw(h.ms() + (i % 3), &b);
+    }
+    h.out.clear();
+}

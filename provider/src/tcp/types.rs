@@ -1,0 +1,113 @@
+//! The engine's public vocabulary: handles, states, errors, events and transmit descriptors.
+
+use std::net::SocketAddr;
+
+/// A connection handle: slab index plus generation, so a stale handle never aliases a new
+/// connection that reuses the slot.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConnId {
+    pub(crate) index: u32,
+    pub(crate) generation: u32,
+}
+
+/// A listener handle: slab index plus generation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ListenerId {
+    pub(crate) index: u32,
+    pub(crate) generation: u32,
+}
+
+/// RFC 9293 §3.3.2 connection states.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum TcpState {
+    Closed,
+    Listen,
+    SynSent,
+    SynReceived,
+    Established,
+    FinWait1,
+    FinWait2,
+    CloseWait,
+    Closing,
+    LastAck,
+    TimeWait,
+}
+
+impl TcpState {
+    /// Whether the state is one of the synchronized states (RFC 9293 §3.5.2 group 3).
+    pub fn is_synchronized(self) -> bool {
+        !matches!(
+            self,
+            TcpState::Closed | TcpState::Listen | TcpState::SynSent | TcpState::SynReceived
+        )
+    }
+}
+
+/// Errors of engine calls and of connections.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, thiserror::Error)]
+pub enum TcpError {
+    /// The call does not fit the connection's state.
+    #[error("invalid state for this operation")]
+    InvalidState,
+    /// The peer reset the connection.
+    #[error("connection reset by peer")]
+    ConnectionReset,
+    /// The peer answered our SYN with RST.
+    #[error("connection refused")]
+    ConnectionRefused,
+    /// SYN retries, data retries or keepalive probes were exhausted.
+    #[error("connection timed out")]
+    TimedOut,
+    /// The connection was aborted locally.
+    #[error("connection aborted")]
+    Aborted,
+    /// The 4-tuple (or listening address) is already in use.
+    #[error("address in use")]
+    AddrInUse,
+    /// The handle does not name a live connection, or it is not yet connected.
+    #[error("not connected")]
+    NotConnected,
+    /// The write side was shut down.
+    #[error("send after shutdown")]
+    Shutdown,
+    /// A queue or table is full.
+    #[error("no buffer space")]
+    NoBuffers,
+    /// Nothing to read yet (the connection is open and no FIN arrived).
+    #[error("operation would block")]
+    WouldBlock,
+    /// Local and remote address families differ, or a port is zero.
+    #[error("invalid address")]
+    InvalidAddress,
+}
+
+/// One segment written by [`crate::tcp::TcpEngine::poll_transmit`]: `len` bytes of TCP header,
+/// options and payload, to be wrapped in an IP header from `local` to `remote`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Transmit {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub len: usize,
+}
+
+/// What the engine tells the socket layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Event {
+    /// An active open completed.
+    Connected(ConnId),
+    /// An active open failed (refused, timed out).
+    ConnectFailed(ConnId, TcpError),
+    /// In-order data (or EOF) became available.
+    Readable(ConnId),
+    /// Send buffer space became available after a short `send`.
+    Writable(ConnId),
+    /// The peer sent FIN: after the queued data, `recv` returns 0.
+    PeerFin(ConnId),
+    /// The connection was reset by the peer, or aborted by a timeout (see `recv`/`send` errors).
+    Reset(ConnId),
+    /// All protocol state is gone (including TIME_WAIT): the 4-tuple is free again and the caller
+    /// removes its steering entry.
+    Closed(ConnId),
+    /// A listener's accept queue became non-empty.
+    AcceptReady(ListenerId),
+}
