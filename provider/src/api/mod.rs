@@ -74,7 +74,7 @@ const MAX_UDP_V4: usize = 65507;
 const MAX_UDP_V6: usize = 65527;
 
 /// Provider settings.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ProviderConfig {
     /// Handles open at once (WSAEMFILE beyond). Default 65536.
@@ -86,6 +86,9 @@ pub struct ProviderConfig {
     pub default_rcvbuf: usize,
     /// Initial SO_SNDBUF (bytes). Default 1 MiB (stored; UDP sends are not buffered).
     pub default_sndbuf: usize,
+    /// TCP engine settings (TIME_WAIT, RTO bounds, orphan deadline, buffers, …).
+    #[serde(skip)]
+    pub tcp: crate::tcp::TcpConfig,
 }
 
 impl Default for ProviderConfig {
@@ -95,6 +98,7 @@ impl Default for ProviderConfig {
             ephemeral_ports: DEFAULT_EPHEMERAL,
             default_rcvbuf: 1 << 20,
             default_sndbuf: 1 << 20,
+            tcp: crate::tcp::TcpConfig::default(),
         }
     }
 }
