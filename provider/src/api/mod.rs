@@ -74,7 +74,7 @@ const MAX_UDP_V4: usize = 65507;
 const MAX_UDP_V6: usize = 65527;
 
 /// Provider settings.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(default)]
 pub struct ProviderConfig {
     /// Handles open at once (WSAEMFILE beyond). Default 65536.

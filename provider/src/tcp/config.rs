@@ -5,7 +5,7 @@ use std::time::Duration;
 use super::cc::CcAlgorithm;
 
 /// Engine-wide TCP parameters. [`Default`] gives the documented defaults.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TcpConfig {
     /// The MSS we advertise (and the largest segment we send); the caller sets it from the MTU.
     pub mss: u16,
