@@ -1,0 +1,164 @@
+//! The WSP calls the `cat`, `sockperf-server` and `script` subcommands make, in one place:
+//! the stream calls (the TCP layer of these tools is this thin file), option helpers, the
+//! nonblocking retry loop and an error type that names the failing call and its WSA code.
+use std::{fmt, net::SocketAddr, time::Duration};
+
+use provider::{
+    api::Provider,
+    socket::{
+        Linger, Socket, WsaError, WspResult,
+        options::{
+            IPPROTO_TCP, SO_DONTLINGER, SO_KEEPALIVE, SO_LINGER, SO_RCVBUF, SO_REUSEADDR,
+            SO_SNDBUF, SOL_SOCKET, TCP_NODELAY,
+        },
+    },
+};
+
+/// `WSPShutdown` directions.
+pub const SD_RECEIVE: i32 = 0;
+pub const SD_SEND: i32 = 1;
+pub const SD_BOTH: i32 = 2;
+
+/// WSPListen.
+pub fn listen(p: &Provider, s: Socket, backlog: i32) -> WspResult<()> {
+    let _ = (p, s, backlog);
+    Err(WsaError::WSAEOPNOTSUPP)
+}
+
+/// WSPAccept: the new socket and its peer.
+pub fn accept(p: &Provider, s: Socket) -> WspResult<(Socket, SocketAddr)> {
+    let _ = (p, s);
+    Err(WsaError::WSAEOPNOTSUPP)
+}
+
+/// WSPConnect (nonblocking: WSAEWOULDBLOCK, then WSAEALREADY until WSAEISCONN).
+pub fn connect(p: &Provider, s: Socket, to: SocketAddr) -> WspResult<()> {
+    let _ = (p, s, to);
+    Err(WsaError::WSAEOPNOTSUPP)
+}
+
+/// WSPSend on a stream socket (blocking: all bytes; nonblocking: partial or WSAEWOULDBLOCK).
+pub fn send(p: &Provider, s: Socket, buf: &[u8]) -> WspResult<usize> {
+    let _ = (p, s, buf);
+    Err(WsaError::WSAEOPNOTSUPP)
+}
+
+/// WSPRecv on a stream socket; `Ok(0)` is the peer's graceful EOF.
+pub fn recv(p: &Provider, s: Socket, buf: &mut [u8]) -> WspResult<usize> {
+    let _ = (p, s, buf);
+    Err(WsaError::WSAEOPNOTSUPP)
+}
+
+/// WSPShutdown (`SD_RECEIVE`, `SD_SEND`, `SD_BOTH`).
+pub fn shutdown(p: &Provider, s: Socket, how: i32) -> WspResult<()> {
+    let _ = (p, s, how);
+    Err(WsaError::WSAEOPNOTSUPP)
+}
+
+/// WSPGetPeerName.
+pub fn peer_name(p: &Provider, s: Socket) -> WspResult<SocketAddr> {
+    let _ = (p, s);
+    Err(WsaError::WSAEOPNOTSUPP)
+}
+
+/// How long a nonblocking caller waits before retrying a call that gave WSAEWOULDBLOCK.
+pub const RETRY_PAUSE: Duration = Duration::from_micros(200);
+
+/// Call `f` until it gives something other than WSAEWOULDBLOCK (the nonblocking caller's loop;
+/// for a blocking socket `f` never gives it and this is a single call).
+pub fn retry<T>(mut f: impl FnMut() -> WspResult<T>) -> WspResult<T> {
+    loop {
+        match f() {
+            Err(WsaError::WSAEWOULDBLOCK) => std::thread::sleep(RETRY_PAUSE),
+            r => return r,
+        }
+    }
+}
+
+/// Nonblocking-safe connect: retries WSAEWOULDBLOCK / WSAEALREADY and treats WSAEISCONN after
+/// the first call as success.
+pub fn connect_wait(p: &Provider, s: Socket, to: SocketAddr) -> WspResult<()> {
+    let mut first = true;
+    loop {
+        match connect(p, s, to) {
+            Ok(()) => return Ok(()),
+            Err(WsaError::WSAEISCONN) if !first => return Ok(()),
+            Err(WsaError::WSAEWOULDBLOCK | WsaError::WSAEALREADY) => {
+                std::thread::sleep(RETRY_PAUSE)
+            }
+            Err(e) => return Err(e),
+        }
+        first = false;
+    }
+}
+
+/// Send all of `buf` (a blocking send already does; a nonblocking one is looped).
+pub fn send_all(p: &Provider, s: Socket, mut buf: &[u8]) -> WspResult<()> {
+    while !buf.is_empty() {
+        let n = retry(|| send(p, s, buf))?;
+        buf = &buf[n..];
+    }
+    Ok(())
+}
+
+fn set_int(p: &Provider, s: Socket, level: i32, name: i32, v: i32) -> WspResult<()> {
+    p.wsp_set_sock_opt(s, level, name, &v.to_ne_bytes())
+}
+
+/// A socket option a tool sets by name.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SockOpt {
+    /// SO_LINGER with `l_onoff`, `l_linger` (seconds).
+    Linger(u16, u16),
+    /// SO_DONTLINGER TRUE/FALSE.
+    DontLinger(bool),
+    NoDelay(bool),
+    RcvBuf(i32),
+    SndBuf(i32),
+    KeepAlive(bool),
+    ReuseAddr(bool),
+}
+
+impl SockOpt {
+    pub fn apply(self, p: &Provider, s: Socket) -> WspResult<()> {
+        match self {
+            SockOpt::Linger(l_onoff, l_linger) => {
+                let l = Linger { l_onoff, l_linger };
+                p.wsp_set_sock_opt(s, SOL_SOCKET, SO_LINGER, &l.to_bytes())
+            }
+            SockOpt::DontLinger(v) => set_int(p, s, SOL_SOCKET, SO_DONTLINGER, v.into()),
+            SockOpt::NoDelay(v) => set_int(p, s, IPPROTO_TCP, TCP_NODELAY, v.into()),
+            SockOpt::RcvBuf(n) => set_int(p, s, SOL_SOCKET, SO_RCVBUF, n),
+            SockOpt::SndBuf(n) => set_int(p, s, SOL_SOCKET, SO_SNDBUF, n),
+            SockOpt::KeepAlive(v) => set_int(p, s, SOL_SOCKET, SO_KEEPALIVE, v.into()),
+            SockOpt::ReuseAddr(v) => set_int(p, s, SOL_SOCKET, SO_REUSEADDR, v.into()),
+        }
+    }
+}
+
+/// A failed WSP call: which call, and its code. Displays as `recv: WSAECONNRESET (connection
+/// reset by peer)`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CallError {
+    pub call: &'static str,
+    pub err: WsaError,
+}
+
+impl fmt::Display for CallError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {} ({})", self.call, self.err.name(), self.err)
+    }
+}
+
+impl std::error::Error for CallError {}
+
+/// `result.call("recv")?` tags a WSP error with the call that gave it.
+pub trait Tag<T> {
+    fn call(self, call: &'static str) -> Result<T, CallError>;
+}
+
+impl<T> Tag<T> for WspResult<T> {
+    fn call(self, call: &'static str) -> Result<T, CallError> {
+        self.map_err(|err| CallError { call, err })
+    }
+}
