@@ -3,10 +3,14 @@
 //! It owns the addresses 198.18.0.1 and 2001:db8::1, records every STEER add/remove and every
 //! datagram sent, and delivers a datagram whose destination is one of its own addresses straight
 //! back into the attached [`Provider`], so two sockets of one provider can talk. Datagrams to
-//! other addresses are recorded and dropped.
+//! other addresses are recorded and dropped. TCP segments to its own addresses are queued and
+//! delivered back by a pump thread (which also runs the TCP timers), so stream sockets of one
+//! provider can connect to each other in unit tests.
+use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
+use std::time::{Duration, Instant};
 
 use provider_common::SteerKey;
 
@@ -46,6 +50,9 @@ pub struct LoopbackDatapath {
     record_sent: AtomicBool,
     /// Datagrams the provider had no socket for, or addressed elsewhere.
     pub undelivered: AtomicUsize,
+    /// TCP segments waiting for the pump thread, and its wake-up.
+    segments: Mutex<VecDeque<(IpAddr, IpAddr, Vec<u8>)>>,
+    pump: Condvar,
 }
 
 impl Default for LoopbackDatapath {
@@ -59,6 +66,8 @@ impl Default for LoopbackDatapath {
             sent: Mutex::new(Vec::new()),
             record_sent: AtomicBool::new(true),
             undelivered: AtomicUsize::new(0),
+            segments: Mutex::new(VecDeque::new()),
+            pump: Condvar::new(),
         }
     }
 }
@@ -69,7 +78,41 @@ impl LoopbackDatapath {
         let dp = Arc::new(LoopbackDatapath::default());
         let p = Arc::new(Provider::new(dp.clone(), config));
         dp.attach(&p);
+        let pump_dp = dp.clone();
+        let weak = Arc::downgrade(&p);
+        std::thread::spawn(move || pump_dp.run_pump(&weak));
         (p, dp)
+    }
+
+    /// Deliver queued TCP segments and run TCP timers until the provider is dropped.
+    fn run_pump(&self, provider: &Weak<Provider>) {
+        loop {
+            let batch: Vec<_> = {
+                let mut q = lock(&self.segments);
+                if q.is_empty() {
+                    let timeout = provider
+                        .upgrade()
+                        .and_then(|p| p.tcp_next_timeout())
+                        .map_or(Duration::from_millis(20), |d| {
+                            d.saturating_duration_since(Instant::now())
+                                .min(Duration::from_millis(20))
+                        });
+                    q = self
+                        .pump
+                        .wait_timeout(q, timeout)
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
+                        .0;
+                }
+                q.drain(..).collect()
+            };
+            let Some(p) = provider.upgrade() else { return };
+            for (src, dst, seg) in batch {
+                p.deliver_tcp(src, dst, &seg);
+            }
+            if p.tcp_next_timeout().is_some_and(|d| d <= Instant::now()) {
+                p.tcp_tick();
+            }
+        }
     }
 
     /// Deliver sent datagrams into `provider` (once; later calls are ignored).
@@ -136,6 +179,26 @@ impl Datapath for LoopbackDatapath {
             self.undelivered.fetch_add(1, Ordering::Relaxed);
         }
         Ok(())
+    }
+
+    fn send_ip(&self, src: IpAddr, dst: IpAddr, _proto: u8, l4: &[u8]) -> Result<(), WsaError> {
+        if !self.is_up() {
+            return Err(WsaError::WSAENETDOWN);
+        }
+        if self.addrs.contains(&dst) {
+            lock(&self.segments).push_back((src, dst, l4.to_vec()));
+        } else {
+            self.undelivered.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(())
+    }
+
+    fn flush_tx(&self) {
+        self.pump.notify_one();
+    }
+
+    fn wake(&self) {
+        self.pump.notify_one();
     }
 
     fn local_addrs(&self) -> Vec<IpAddr> {

@@ -54,7 +54,9 @@ use std::sync::{Arc, Mutex};
 use provider_common::{PROTO_UDP, SteerKey};
 use serde::{Deserialize, Serialize};
 
-pub use crate::socket::entry::{AF_INET, AF_INET6, IPPROTO_UDP, SOCK_DGRAM, SOCK_STREAM};
+pub use crate::socket::entry::{
+    AF_INET, AF_INET6, IPPROTO_TCP, IPPROTO_UDP, SOCK_DGRAM, SOCK_STREAM,
+};
 use crate::socket::entry::{Proto, lock};
 use crate::socket::options::{FIONBIO, FIONREAD};
 use crate::socket::table::{DEFAULT_CAPACITY, Removed, SocketTable};
@@ -64,10 +66,14 @@ use crate::socket::{
 use crate::udp::{DEFAULT_EPHEMERAL, UdpDemux, UdpState};
 
 pub mod loopback;
+pub mod stream;
+#[cfg(test)]
+mod stream_tests;
 #[cfg(test)]
 mod tests;
 
 pub use loopback::LoopbackDatapath;
+pub use stream::{SD_BOTH, SD_RECEIVE, SD_SEND, SOMAXCONN};
 
 /// Largest UDP payload over IPv4 (65535 − 20 − 8) and IPv6 (65535 − 8, no jumbograms).
 const MAX_UDP_V4: usize = 65507;
@@ -164,6 +170,10 @@ pub struct Provider {
     /// the receive path. Lock order: socket state → `bind_lock` → demux.
     bind_lock: Mutex<()>,
     counters: Counters,
+    /// Bound TCP endpoints (for WSAEADDRINUSE and ephemeral ports), keyed by socket id.
+    tcp_ports: UdpDemux<u64>,
+    /// The TCP engine and its socket maps.
+    tcp: stream::TcpHost,
 }
 
 impl std::fmt::Debug for Provider {
@@ -185,7 +195,16 @@ pub fn udp_steer_key(local: SocketAddr) -> SteerKey {
 
 impl Provider {
     pub fn new(datapath: Arc<dyn Datapath>, config: ProviderConfig) -> Self {
+        let mut tcp_config = config.tcp.clone();
+        // The MSS must fit the link: MTU − IPv6 header − TCP header (one MSS for both
+        // families keeps the engine simple; IPv4 gives up 20 bytes per segment).
+        let link_mss = datapath.max_udp_payload(true) + 8 - 20;
+        tcp_config.mss = tcp_config
+            .mss
+            .min(u16::try_from(link_mss).unwrap_or(u16::MAX));
         Provider {
+            tcp_ports: UdpDemux::new(),
+            tcp: stream::TcpHost::new(tcp_config),
             datapath,
             table: SocketTable::new(config.max_sockets),
             config,
@@ -208,12 +227,12 @@ impl Provider {
         let family = Family::from_af(af)?;
         let kind = match ty {
             SOCK_DGRAM => SocketKind::Datagram,
-            // The TCP issue adds stream sockets on this same table.
-            SOCK_STREAM => return Err(WsaError::WSAESOCKTNOSUPPORT),
+            SOCK_STREAM => SocketKind::Stream,
             _ => return Err(WsaError::WSAESOCKTNOSUPPORT),
         };
         let proto = match (kind, protocol) {
             (SocketKind::Datagram, 0 | IPPROTO_UDP) => Proto::Udp(UdpState::default()),
+            (SocketKind::Stream, 0 | IPPROTO_TCP) => Self::new_tcp_proto(),
             _ => return Err(WsaError::WSAEPROTONOSUPPORT),
         };
         let options = SocketOptions::new(self.config.default_rcvbuf, self.config.default_sndbuf);
@@ -226,11 +245,14 @@ impl Provider {
     /// WSPBind. Port 0 picks an ephemeral port; the wildcard address binds every local address.
     pub fn wsp_bind(&self, s: Socket, addr: SocketAddr) -> WspResult<()> {
         let e = self.table.get(s)?;
+        if e.kind == SocketKind::Stream {
+            return self.stream_bind(&e, addr);
+        }
         let mut st = e.lock_open()?;
         if Family::of(&addr) != e.family {
             return Err(WsaError::WSAEFAULT);
         }
-        if st.udp().local.is_some() {
+        if st.udp()?.local.is_some() {
             return Err(WsaError::WSAEINVAL);
         }
         let ip = addr.ip();
@@ -239,7 +261,7 @@ impl Provider {
         }
         let reuse = st.options.reuse_addr;
         let local = self.bind_endpoint(&e, ip, addr.port(), reuse)?;
-        st.udp().local = Some(local);
+        st.udp()?.local = Some(local);
         Ok(())
     }
 
@@ -279,8 +301,12 @@ impl Provider {
 
     /// WSPSendTo. Binds an unbound socket to the wildcard address and an ephemeral port first.
     /// A wildcard-bound socket sends from the datapath's first address of its family.
+    /// On a stream socket `to` is ignored and this is `wsp_send` (Winsock).
     pub fn wsp_send_to(&self, s: Socket, buf: &[u8], to: SocketAddr) -> WspResult<usize> {
         let e = self.table.get(s)?;
+        if e.kind == SocketKind::Stream {
+            return self.wsp_send(s, buf);
+        }
         if Family::of(&to) != e.family {
             return Err(WsaError::WSAEFAULT);
         }
@@ -300,12 +326,12 @@ impl Provider {
         }
         let local = {
             let mut st = e.lock_open()?;
-            match st.udp().local {
+            match st.udp()?.local {
                 Some(l) => l,
                 None => {
                     let reuse = st.options.reuse_addr;
                     let l = self.bind_endpoint(&e, e.family.unspecified(), 0, reuse)?;
-                    st.udp().local = Some(l);
+                    st.udp()?.local = Some(l);
                     l
                 }
             }
@@ -341,14 +367,24 @@ impl Provider {
 
     /// `wsp_recv_from` that reports truncation in the result instead of as WSAEMSGSIZE, so a
     /// caller (the C ABI) can still fill in the sender of a truncated datagram.
+    /// On a stream socket this is `wsp_recv`, and the sender is the peer.
     pub fn wsp_recv_msg(&self, s: Socket, buf: &mut [u8]) -> WspResult<RecvMeta> {
         let e = self.table.get(s)?;
+        if e.kind == SocketKind::Stream {
+            let from = self.wsp_get_peer_name(s)?;
+            let len = self.wsp_recv(s, buf)?;
+            return Ok(RecvMeta {
+                len,
+                from,
+                datagram_len: len,
+            });
+        }
         let mut st = e.lock_open()?;
-        if st.udp().local.is_none() {
+        if st.udp()?.local.is_none() {
             return Err(WsaError::WSAEINVAL);
         }
         loop {
-            if let Some(d) = st.udp().queue.pop() {
+            if let Some(d) = st.udp()?.queue.pop() {
                 drop(st);
                 let len = d.payload.len().min(buf.len());
                 buf[..len].copy_from_slice(&d.payload[..len]);
@@ -382,14 +418,25 @@ impl Provider {
         if !last {
             return Ok(());
         }
+        if entry.kind == SocketKind::Stream {
+            lock(&entry.state).closed = true;
+            self.stream_release(&entry);
+            self.counters.sockets_open.fetch_sub(1, Ordering::Relaxed);
+            return Ok(());
+        }
         let local = {
             let mut st = lock(&entry.state);
             st.closed = true;
-            st.udp().queue.clear();
             if st.waiters > 0 {
                 entry.readable.notify_all();
             }
-            st.udp().local.take()
+            match st.udp() {
+                Ok(u) => {
+                    u.queue.clear();
+                    u.local.take()
+                }
+                Err(_) => None,
+            }
         };
         if let Some(local) = local {
             self.unbind_endpoint(&entry, local);
@@ -406,7 +453,11 @@ impl Provider {
         match code {
             FIONBIO => st.nonblocking = *arg != 0,
             FIONREAD => {
-                let n = st.udp().queue.front_len().unwrap_or(0);
+                let n = if e.kind == SocketKind::Stream {
+                    self.stream_readable(&mut st)?
+                } else {
+                    st.udp()?.queue.front_len().unwrap_or(0)
+                };
                 *arg = u32::try_from(n).unwrap_or(u32::MAX);
             }
             _ => return Err(WsaError::WSAEINVAL),
@@ -424,7 +475,11 @@ impl Provider {
     ) -> WspResult<()> {
         let e = self.table.get(s)?;
         let mut st = e.lock_open()?;
-        st.options.set(e.kind, level, name, optval)
+        st.options.set(e.kind, level, name, optval)?;
+        if e.kind == SocketKind::Stream {
+            self.stream_apply_options(&mut st);
+        }
+        Ok(())
     }
 
     /// WSPGetSockOpt: writes the value at the start of `optval`, returns its length.
@@ -437,14 +492,25 @@ impl Provider {
     ) -> WspResult<usize> {
         let e = self.table.get(s)?;
         let mut st = e.lock_open()?;
+        if e.kind == SocketKind::Stream
+            && level == crate::socket::options::SOL_SOCKET
+            && name == crate::socket::options::SO_ERROR
+            && st.options.error == 0
+            && let Some(err) = self.stream_error(&mut st)
+        {
+            st.options.error = err.code();
+        }
         st.options.get(e.kind, level, name, optval)
     }
 
     /// WSPGetSockName: the bound local endpoint (the wildcard address if bound to it).
     pub fn wsp_get_sock_name(&self, s: Socket) -> WspResult<SocketAddr> {
         let e = self.table.get(s)?;
+        if e.kind == SocketKind::Stream {
+            return self.stream_sock_name(&e);
+        }
         let mut st = e.lock_open()?;
-        st.udp().local.ok_or(WsaError::WSAEINVAL)
+        st.udp()?.local.ok_or(WsaError::WSAEINVAL)
     }
 
     /// A second handle to the same socket (WSPDuplicateSocket within the process). The socket is
@@ -467,7 +533,10 @@ impl Provider {
             return false;
         }
         let limit = st.options.rcvbuf;
-        if st.udp().queue.push(remote, payload, limit) {
+        let Ok(udp) = st.udp() else {
+            return false;
+        };
+        if udp.queue.push(remote, payload, limit) {
             bump(&self.counters.udp_delivered);
             if st.waiters > 0 {
                 e.readable.notify_one();

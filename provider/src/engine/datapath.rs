@@ -22,6 +22,17 @@ use crate::{
     xsk::Xsk,
 };
 
+/// Writes one frame into a TX buffer given (our MAC, next-hop MAC); returns its length.
+type FrameBuilder<'a> = &'a dyn Fn(&mut [u8], [u8; 6], [u8; 6]) -> Result<usize, frame::BuildError>;
+
+/// Facts about the served interface.
+pub(super) struct Interface {
+    pub ifindex: u32,
+    pub mac: [u8; 6],
+    pub mtu: u32,
+    pub addrs: Vec<IpAddr>,
+}
+
 /// How long a send waits for the kernel to resolve a missing neighbour.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(1);
 /// How many times a send reaps completions and retries before reporting WSAENOBUFS.
@@ -38,6 +49,10 @@ pub struct XdpDatapath {
     running: Running,
     pub(super) counters: EngineCounters,
     pub(super) queue_counters: Vec<QueueCounters>,
+    /// Queues with frames reserved by `send_ip` and not yet kicked.
+    tx_pending: Vec<AtomicBool>,
+    /// Wakes the timer thread when an earlier TCP deadline appears.
+    pub(super) waker: super::wake::Waker,
 }
 
 /// Lock, recovering from a poisoned mutex: the guarded state stays consistent because no
@@ -48,13 +63,16 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl XdpDatapath {
     pub(super) fn new(
-        ifindex: u32,
-        mac: [u8; 6],
-        mtu: u32,
-        addrs: Vec<IpAddr>,
+        Interface {
+            ifindex,
+            mac,
+            mtu,
+            addrs,
+        }: Interface,
         steering: Steering,
         xsks: Vec<Mutex<Xsk>>,
         neighbours: Neighbours,
+        waker: super::wake::Waker,
     ) -> Self {
         Self {
             ifindex,
@@ -63,6 +81,8 @@ impl XdpDatapath {
             addrs,
             steering: Mutex::new(steering),
             queue_counters: xsks.iter().map(|_| QueueCounters::default()).collect(),
+            tx_pending: xsks.iter().map(|_| AtomicBool::new(false)).collect(),
+            waker,
             xsks,
             neighbours: Mutex::new(neighbours),
             running: Arc::new(AtomicBool::new(true)),
@@ -128,6 +148,62 @@ impl XdpDatapath {
         }
     }
 
+    /// Build one frame in a free UMEM frame of queue `q`'s TX ring; with `kick`, push it out
+    /// at once, else leave it for `flush_tx`.
+    fn transmit(
+        &self,
+        dst: IpAddr,
+        q: usize,
+        kick: bool,
+        build: FrameBuilder<'_>,
+    ) -> Result<(), WsaError> {
+        if !self.is_running() {
+            return Err(WsaError::WSAENETDOWN);
+        }
+        let dst_mac = self.next_hop_mac(dst)?;
+        let mut xsk = lock(&self.xsks[q]);
+        let mut built = Err(WsaError::WSAENOBUFS);
+        for attempt in 0..TX_RETRIES {
+            let ok = xsk.send_with(usize::MAX, |buf| match build(buf, self.mac, dst_mac) {
+                Ok(len) => {
+                    built = Ok(());
+                    len
+                }
+                Err(_) => {
+                    built = Err(WsaError::WSAEMSGSIZE);
+                    0
+                }
+            });
+            if ok {
+                break;
+            }
+            if built == Err(WsaError::WSAEMSGSIZE) {
+                return built;
+            }
+            // No free frame or ring full: push out what is queued and take back completions.
+            if attempt > 0 {
+                std::thread::yield_now();
+            }
+            let _ = xsk.flush();
+            xsk.reap_completions();
+        }
+        built?;
+        if kick {
+            xsk.flush().map_err(|err| {
+                tracing::warn!(%err, "TX kick failed");
+                WsaError::WSAENETDOWN
+            })?;
+            xsk.reap_completions();
+        } else {
+            self.tx_pending[q].store(true, Ordering::Release);
+        }
+        self.counters.add_tx(1);
+        self.queue_counters[q]
+            .tx_frames
+            .fetch_add(1, Ordering::Relaxed);
+        Ok(())
+    }
+
     fn next_hop_mac(&self, dst: IpAddr) -> Result<[u8; 6], WsaError> {
         let mut n = lock(&self.neighbours);
         let hop = n.next_hop(dst).map_err(|_| WsaError::WSAENETUNREACH)?;
@@ -156,54 +232,41 @@ impl Datapath for XdpDatapath {
     }
 
     fn send_udp(&self, src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Result<(), WsaError> {
-        if !self.is_running() {
-            return Err(WsaError::WSAENETDOWN);
-        }
         if payload.len() > self.max_udp_payload(dst.is_ipv6()) {
             return Err(WsaError::WSAEMSGSIZE);
         }
-        let dst_mac = self.next_hop_mac(dst.ip())?;
         // Spread senders over the queues by source port; any TX queue reaches the wire.
         let q = src.port() as usize % self.xsks.len();
-        let mut xsk = lock(&self.xsks[q]);
-        let mut built = Err(WsaError::WSAENOBUFS);
-        for attempt in 0..TX_RETRIES {
-            let ok = xsk.send_with(usize::MAX, |buf| {
-                match frame::build_udp(buf, self.mac, dst_mac, None, src, dst, payload) {
-                    Ok(len) => {
-                        built = Ok(());
-                        len
-                    }
-                    Err(_) => {
-                        built = Err(WsaError::WSAEMSGSIZE);
-                        0
-                    }
+        self.transmit(dst.ip(), q, true, &|buf, mac, dst_mac| {
+            frame::build_udp(buf, mac, dst_mac, None, src, dst, payload)
+        })
+    }
+
+    fn send_ip(&self, src: IpAddr, dst: IpAddr, proto: u8, l4: &[u8]) -> Result<(), WsaError> {
+        // One flow, one TX queue (ports are the first 4 bytes of TCP and UDP headers).
+        let ports = l4.get(..4).map_or(0, |p| {
+            usize::from(u16::from_be_bytes([p[0], p[1]]) ^ u16::from_be_bytes([p[2], p[3]]))
+        });
+        let q = ports % self.xsks.len();
+        self.transmit(dst, q, false, &|buf, mac, dst_mac| {
+            frame::build_ip(buf, mac, dst_mac, None, src, dst, proto, l4)
+        })
+    }
+
+    fn flush_tx(&self) {
+        for (q, pending) in self.tx_pending.iter().enumerate() {
+            if pending.swap(false, Ordering::AcqRel) {
+                let mut xsk = lock(&self.xsks[q]);
+                if let Err(err) = xsk.flush() {
+                    tracing::warn!(%err, queue = q, "TX kick failed");
                 }
-            });
-            if ok {
-                break;
+                xsk.reap_completions();
             }
-            if built == Err(WsaError::WSAEMSGSIZE) {
-                return built;
-            }
-            // No free frame or ring full: push out what is queued and take back completions.
-            if attempt > 0 {
-                std::thread::yield_now();
-            }
-            let _ = xsk.flush();
-            xsk.reap_completions();
         }
-        built?;
-        xsk.flush().map_err(|err| {
-            tracing::warn!(%err, "TX kick failed");
-            WsaError::WSAENETDOWN
-        })?;
-        xsk.reap_completions();
-        self.counters.add_tx(1);
-        self.queue_counters[q]
-            .tx_frames
-            .fetch_add(1, Ordering::Relaxed);
-        Ok(())
+    }
+
+    fn wake(&self) {
+        self.waker.wake();
     }
 
     fn local_addrs(&self) -> Vec<IpAddr> {

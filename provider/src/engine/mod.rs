@@ -8,6 +8,7 @@
 mod datapath;
 mod queue;
 mod stats;
+mod wake;
 
 use std::{
     io,
@@ -131,8 +132,18 @@ impl Engine {
             what: "opening rtnetlink",
             source,
         })?;
+        let waker = wake::Waker::new().map_err(|source| EngineError::Io {
+            what: "creating the timer eventfd",
+            source,
+        })?;
+        let interface = datapath::Interface {
+            ifindex,
+            mac,
+            mtu,
+            addrs,
+        };
         let datapath = Arc::new(XdpDatapath::new(
-            ifindex, mac, mtu, addrs, steering, xsks, neighbours,
+            interface, steering, xsks, neighbours, waker,
         ));
         let provider = Arc::new(Provider::new(datapath.clone(), config.provider.clone()));
         let running = datapath.running_flag();

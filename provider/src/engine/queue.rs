@@ -1,5 +1,6 @@
 //! One RX queue's loop: drain RX → deliver → reap completions → sleep in poll (or spin).
 use std::net::{IpAddr, SocketAddr};
+use std::time::Instant;
 
 use super::{EngineConfig, XdpDatapath, datapath::lock};
 use crate::{
@@ -21,25 +22,55 @@ pub(super) fn run(queue: u32, dp: &XdpDatapath, provider: &Provider, cfg: &Engin
             return;
         }
     };
+    // TCP segments are copied out of the RX frames and handed to the TCP engine after the
+    // queue's lock is released: the engine transmits (taking TX locks) as it processes them.
+    let mut tcp = TcpBatch::default();
+    // Queue 0's thread also runs the TCP timers.
+    let timers = queue == 0;
     while dp.is_running() {
         let n = {
             let mut xsk = lock(&dp.xsks[queue as usize]);
-            let n = xsk.recv_batch(cfg.rx_batch, |f| handle_frame(dp, provider, f));
+            let n = xsk.recv_batch(cfg.rx_batch, |f| handle_frame(dp, provider, f, &mut tcp));
             xsk.reap_completions();
             n
         };
+        for (src, dst, range) in tcp.segments.drain(..) {
+            provider.deliver_tcp(src, dst, &tcp.bytes[range]);
+        }
+        tcp.bytes.clear();
+        let mut timeout_ms = IDLE_POLL_MS;
+        if timers && let Some(deadline) = provider.tcp_next_timeout() {
+            let now = Instant::now();
+            if deadline <= now {
+                provider.tcp_tick();
+                continue;
+            }
+            let ms = (deadline - now).as_micros().div_ceil(1000);
+            timeout_ms = timeout_ms.min(i32::try_from(ms).unwrap_or(i32::MAX));
+        }
         dp.counters.add_rx(n as u64);
         dp.queue_counters[queue as usize]
             .rx_frames
             .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
         if n == 0 && !cfg.busy_poll {
             // Sleep without holding the queue lock so senders can use the TX ring meanwhile.
-            poller.wait_readable(IDLE_POLL_MS);
+            if timers {
+                dp.waker.wait(&poller, timeout_ms);
+            } else {
+                poller.wait_readable(timeout_ms);
+            }
         }
     }
 }
 
-fn handle_frame(dp: &XdpDatapath, provider: &Provider, bytes: &[u8]) {
+/// TCP segments of one RX batch, copied out of UMEM.
+#[derive(Default)]
+struct TcpBatch {
+    bytes: Vec<u8>,
+    segments: Vec<(IpAddr, IpAddr, std::ops::Range<usize>)>,
+}
+
+fn handle_frame(dp: &XdpDatapath, provider: &Provider, bytes: &[u8], tcp: &mut TcpBatch) {
     let parsed = match frame::parse(bytes) {
         Ok(p) => p,
         Err(ParseError::BadChecksum) => return dp.counters.add_bad_checksum(),
@@ -58,7 +89,12 @@ fn handle_frame(dp: &XdpDatapath, provider: &Provider, bytes: &[u8]) {
                 dp.counters.add_no_socket();
             }
         }
-        // TCP is steered only once the TCP engine exists (issue "TCP engine").
+        provider_common::PROTO_TCP => {
+            let start = tcp.bytes.len();
+            tcp.bytes.extend_from_slice(parsed.l4);
+            tcp.bytes.extend_from_slice(parsed.payload);
+            tcp.segments.push((src, dst, start..tcp.bytes.len()));
+        }
         _ => dp.counters.add_unhandled(),
     }
 }

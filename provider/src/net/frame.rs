@@ -220,25 +220,83 @@ pub fn build_udp(
     dst: SocketAddr,
     payload: &[u8],
 ) -> Result<usize, BuildError> {
+    let udp_len = udp::HEADER_LEN + payload.len();
+    let udp_len16 = u16::try_from(udp_len).map_err(|_| BuildError::TooLong)?;
+    let (l4_at, total) = write_eth_ip(
+        buf,
+        src_mac,
+        dst_mac,
+        vlan,
+        src.ip(),
+        dst.ip(),
+        PROTO_UDP,
+        udp_len,
+    )?;
+    let mut u = Udp::new_unchecked(&mut buf[l4_at..total]);
+    u.set_src_port(src.port());
+    u.set_dst_port(dst.port());
+    u.set_len(udp_len16);
+    u.payload_mut().copy_from_slice(payload);
+    let pseudo = match (src.ip(), dst.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => checksum::pseudo_v4(s, d, PROTO_UDP, udp_len16),
+        (IpAddr::V6(s), IpAddr::V6(d)) => {
+            checksum::pseudo_v6(s, d, PROTO_UDP, u32::from(udp_len16))
+        }
+        _ => return Err(BuildError::FamilyMismatch),
+    };
+    u.fill_checksum(pseudo);
+    Ok(total)
+}
+
+/// Writes Ethernet and IP headers around `l4`, a complete transport segment whose checksum the
+/// caller already filled (the TCP engine does), and returns the frame length. Header fields as
+/// in [`build_udp`].
+#[allow(clippy::too_many_arguments)]
+pub fn build_ip(
+    buf: &mut [u8],
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    vlan: Option<u16>,
+    src: IpAddr,
+    dst: IpAddr,
+    proto: u8,
+    l4: &[u8],
+) -> Result<usize, BuildError> {
+    let (l4_at, total) = write_eth_ip(buf, src_mac, dst_mac, vlan, src, dst, proto, l4.len())?;
+    buf[l4_at..total].copy_from_slice(l4);
+    Ok(total)
+}
+
+/// Ethernet (+ tag) and IPv4/IPv6 headers for an `l4_len`-byte payload at the front of `buf`;
+/// returns (offset of the payload, frame length).
+#[allow(clippy::too_many_arguments)]
+fn write_eth_ip(
+    buf: &mut [u8],
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    vlan: Option<u16>,
+    src: IpAddr,
+    dst: IpAddr,
+    proto: u8,
+    l4_len: usize,
+) -> Result<(usize, usize), BuildError> {
     if let Some(v) = vlan
         && v > 0x0fff
     {
         return Err(BuildError::InvalidVlan(v));
     }
-    let v6 = match (src.ip(), dst.ip()) {
+    let v6 = match (src, dst) {
         (IpAddr::V4(_), IpAddr::V4(_)) => false,
         (IpAddr::V6(_), IpAddr::V6(_)) => true,
         _ => return Err(BuildError::FamilyMismatch),
     };
-    let udp_len = udp::HEADER_LEN + payload.len();
     let ip_hl = if v6 {
         ipv6::HEADER_LEN
     } else {
         ipv4::MIN_HEADER_LEN
     };
     // IPv4 total length and IPv6 payload length (no jumbograms) are 16-bit.
-    let ip_len_field = if v6 { udp_len } else { ip_hl + udp_len };
-    let udp_len16 = u16::try_from(udp_len).map_err(|_| BuildError::TooLong)?;
+    let ip_len_field = if v6 { l4_len } else { ip_hl + l4_len };
     let ip_len16 = u16::try_from(ip_len_field).map_err(|_| BuildError::TooLong)?;
     let eth_hl = ethernet::HEADER_LEN
         + if vlan.is_some() {
@@ -246,7 +304,7 @@ pub fn build_udp(
         } else {
             0
         };
-    let total = eth_hl + ip_hl + udp_len;
+    let total = eth_hl + ip_hl + l4_len;
     let frame = buf.get_mut(..total).ok_or(BuildError::TooLong)?;
 
     let mut eth = Ethernet::new_unchecked(&mut frame[..]);
@@ -254,14 +312,8 @@ pub fn build_udp(
     eth.set_src(src_mac);
     eth.set_vlan_and_ethertype(vlan, if v6 { ETHERTYPE_IPV6 } else { ETHERTYPE_IPV4 });
 
-    let (ip_buf, udp_buf) = frame[eth_hl..].split_at_mut(ip_hl);
-    let mut u = Udp::new_unchecked(udp_buf);
-    u.set_src_port(src.port());
-    u.set_dst_port(dst.port());
-    u.set_len(udp_len16);
-    u.payload_mut().copy_from_slice(payload);
-
-    match (src.ip(), dst.ip()) {
+    let ip_buf = &mut frame[eth_hl..eth_hl + ip_hl];
+    match (src, dst) {
         (IpAddr::V4(s), IpAddr::V4(d)) => {
             let mut ip = Ipv4::new_unchecked(ip_buf);
             ip.set_version_and_header_len(ipv4::MIN_HEADER_LEN);
@@ -270,26 +322,24 @@ pub fn build_udp(
             ip.set_ident(0);
             ip.set_frag(true, false, 0);
             ip.set_ttl(DEFAULT_TTL);
-            ip.set_protocol(PROTO_UDP);
+            ip.set_protocol(proto);
             ip.set_src(s);
             ip.set_dst(d);
             // The header is exactly `ip_buf`, so the checksum covers only it.
             ip.fill_checksum();
-            u.fill_checksum(checksum::pseudo_v4(s, d, PROTO_UDP, udp_len16));
         }
         (IpAddr::V6(s), IpAddr::V6(d)) => {
             let mut ip = Ipv6::new_unchecked(ip_buf);
             ip.set_version_tc_flow(0, 0);
             ip.set_payload_len(ip_len16);
-            ip.set_next_header(PROTO_UDP);
+            ip.set_next_header(proto);
             ip.set_hop_limit(DEFAULT_TTL);
             ip.set_src(s);
             ip.set_dst(d);
-            u.fill_checksum(checksum::pseudo_v6(s, d, PROTO_UDP, u32::from(udp_len16)));
         }
         _ => return Err(BuildError::FamilyMismatch),
     }
-    Ok(total)
+    Ok((eth_hl + ip_hl, total))
 }
 
 #[cfg(test)]

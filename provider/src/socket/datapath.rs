@@ -19,6 +19,15 @@ pub trait Datapath: Send + Sync + 'static {
     /// (datapath stopped), WSAEHOSTUNREACH (no neighbour), WSAENOBUFS (TX ring full),
     /// WSAEMSGSIZE (larger than the MTU allows).
     fn send_udp(&self, src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Result<(), WsaError>;
+    /// Queue one IP packet carrying `l4` (a complete transport segment, checksum included) from
+    /// `src` to `dst` with protocol `proto`; the datapath adds Ethernet and IP headers. Not
+    /// visible on the wire before `flush_tx`. Must not call back into the provider.
+    fn send_ip(&self, src: IpAddr, dst: IpAddr, proto: u8, l4: &[u8]) -> Result<(), WsaError>;
+    /// Push every queued packet to the wire.
+    fn flush_tx(&self);
+    /// A TCP timer earlier than the last one published exists: have the timer thread re-read
+    /// `Provider::tcp_next_timeout`.
+    fn wake(&self);
     /// Addresses of the provider's interface; binding any other specific address is
     /// WSAEADDRNOTAVAIL.
     fn local_addrs(&self) -> Vec<IpAddr>;

@@ -99,6 +99,7 @@ impl SocketKind {
 #[derive(Debug)]
 pub enum Proto {
     Udp(UdpState),
+    Tcp(crate::api::stream::TcpSock),
 }
 
 /// Everything mutable about a socket, behind `SocketEntry::state`.
@@ -118,10 +119,19 @@ pub struct SocketState {
 }
 
 impl SocketState {
-    /// The UDP state; every socket today is UDP (the TCP issue adds the other arm).
-    pub fn udp(&mut self) -> &mut UdpState {
+    /// The UDP state (WSAEOPNOTSUPP on a stream socket: callers dispatch on the kind first).
+    pub fn udp(&mut self) -> WspResult<&mut UdpState> {
         match &mut self.proto {
-            Proto::Udp(u) => u,
+            Proto::Udp(u) => Ok(u),
+            Proto::Tcp(_) => Err(WsaError::WSAEOPNOTSUPP),
+        }
+    }
+
+    /// The TCP state (WSAEOPNOTSUPP on a datagram socket).
+    pub fn tcp(&mut self) -> WspResult<&mut crate::api::stream::TcpSock> {
+        match &mut self.proto {
+            Proto::Tcp(t) => Ok(t),
+            Proto::Udp(_) => Err(WsaError::WSAEOPNOTSUPP),
         }
     }
 }
@@ -140,6 +150,71 @@ pub struct SocketEntry {
     pub state: Mutex<SocketState>,
     /// Signalled when data arrives or the socket closes.
     pub readable: Condvar,
+    /// Stream sockets sleep on this: the TCP engine's events and the last close bump it.
+    pub signal: Signal,
+}
+
+/// A wake-up channel that cannot lose a wake-up: a waiter reads the generation, checks its
+/// condition (taking whatever locks it needs), and sleeps only while the generation is
+/// unchanged. Its mutex is a leaf lock — nothing else is taken while it is held — so it can be
+/// signalled from anywhere, including while other socket or engine locks are held.
+#[derive(Debug, Default)]
+pub struct Signal {
+    state: Mutex<SignalState>,
+    cv: Condvar,
+}
+
+#[derive(Debug, Default)]
+struct SignalState {
+    generation: u64,
+    waiters: u32,
+}
+
+impl Signal {
+    /// The current generation; pass it to `wait` after checking the condition.
+    pub fn generation(&self) -> u64 {
+        lock(&self.state).generation
+    }
+
+    /// Wake every waiter (a system call only if someone sleeps).
+    pub fn notify(&self) {
+        let mut st = lock(&self.state);
+        st.generation = st.generation.wrapping_add(1);
+        if st.waiters > 0 {
+            self.cv.notify_all();
+        }
+    }
+
+    /// Sleep until the generation differs from `seen` or `timeout` passes.
+    pub fn wait(&self, seen: u64, timeout: Option<std::time::Duration>) {
+        let mut st = lock(&self.state);
+        if st.generation != seen {
+            return;
+        }
+        st.waiters += 1;
+        match timeout {
+            None => {
+                while st.generation == seen {
+                    st = self.cv.wait(st).unwrap_or_else(PoisonError::into_inner);
+                }
+            }
+            Some(t) => {
+                let deadline = std::time::Instant::now() + t;
+                while st.generation == seen {
+                    let now = std::time::Instant::now();
+                    if now >= deadline {
+                        break;
+                    }
+                    st = self
+                        .cv
+                        .wait_timeout(st, deadline - now)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
+                }
+            }
+        }
+        st.waiters -= 1;
+    }
 }
 
 impl SocketEntry {
@@ -157,6 +232,7 @@ impl SocketEntry {
                 proto,
             }),
             readable: Condvar::new(),
+            signal: Signal::default(),
         }
     }
 

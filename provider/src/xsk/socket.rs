@@ -451,6 +451,12 @@ pub(super) fn validate_config(cfg: &XskConfig) -> io::Result<()> {
 #[derive(Debug)]
 pub struct Poller(OwnedFd);
 
+impl AsFd for Poller {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
 impl Poller {
     /// Sleep until RX has frames or `timeout_ms` passes; true if readable.
     pub fn wait_readable(&self, timeout_ms: i32) -> bool {
