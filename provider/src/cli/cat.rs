@@ -43,7 +43,10 @@ use std::{
 
 use clap::Args;
 use provider::{
-    api::{AF_INET, AF_INET6, IPPROTO_UDP, Provider, SOCK_DGRAM, SOCK_STREAM},
+    api::{
+        AF_INET, AF_INET6, IPPROTO_UDP, Provider, SD_BOTH, SD_RECEIVE, SD_SEND, SOCK_DGRAM,
+        SOCK_STREAM,
+    },
     socket::{Socket, WsaError, WspResult, options::FIONBIO, options::IPPROTO_TCP},
 };
 
@@ -233,13 +236,13 @@ fn tcp(p: &Arc<Provider>, args: &CatArgs, stdin: &Receiver<Vec<u8>>) -> Result<(
     let served = (|| {
         args.setup(p, l)?;
         p.wsp_bind(l, args.wildcard(port)).call("bind")?;
-        wsp::listen(p, l, 16).call("listen")?;
+        p.wsp_listen(l, 16).call("listen")?;
         eprintln!(
             "ready: cat listening on tcp {}",
             show(p.wsp_get_sock_name(l).ok())
         );
         loop {
-            let (c, peer) = wsp::retry(|| wsp::accept(p, l)).call("accept")?;
+            let (c, peer) = wsp::retry(|| p.wsp_accept(l)).call("accept")?;
             eprintln!("cat: accepted {peer}");
             let r = args
                 .setup(p, c)
@@ -269,7 +272,7 @@ fn tcp_session(
         std::thread::spawn(move || {
             let mut buf = vec![0u8; 64 * 1024];
             let r = loop {
-                match wsp::recv(&p, s, &mut buf) {
+                match p.wsp_recv(s, &mut buf) {
                     Ok(0) => break Ok(()),
                     Ok(n) => {
                         if write_stdout(&buf[..n]).is_err() {
@@ -303,12 +306,12 @@ fn tcp_session(
             Err(RecvTimeoutError::Disconnected) => {
                 let how = match args.shutdown {
                     ShutdownArg::None => None,
-                    ShutdownArg::Send => Some(wsp::SD_SEND),
-                    ShutdownArg::Receive => Some(wsp::SD_RECEIVE),
-                    ShutdownArg::Both => Some(wsp::SD_BOTH),
+                    ShutdownArg::Send => Some(SD_SEND),
+                    ShutdownArg::Receive => Some(SD_RECEIVE),
+                    ShutdownArg::Both => Some(SD_BOTH),
                 };
                 if let Some(how) = how
-                    && let Err(e) = wsp::shutdown(p, s, how).call("shutdown")
+                    && let Err(e) = p.wsp_shutdown(s, how).call("shutdown")
                 {
                     sent = Err(e);
                     break;

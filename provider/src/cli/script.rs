@@ -87,7 +87,10 @@ use std::{
 
 use clap::Args;
 use provider::{
-    api::{AF_INET, AF_INET6, IPPROTO_UDP, Provider, SOCK_DGRAM, SOCK_STREAM},
+    api::{
+        AF_INET, AF_INET6, IPPROTO_UDP, Provider, SD_BOTH, SD_RECEIVE, SD_SEND, SOCK_DGRAM,
+        SOCK_STREAM,
+    },
     socket::{
         INVALID_SOCKET, Linger, Socket, WsaError, WspResult,
         options::{
@@ -313,9 +316,9 @@ pub fn parse_line(no: usize, text: &str) -> Result<Option<Line>, String> {
         },
         "shutdown" => {
             let how = match a(0).copied() {
-                Some("send") => wsp::SD_SEND,
-                Some("receive") => wsp::SD_RECEIVE,
-                Some("both") => wsp::SD_BOTH,
+                Some("send") => SD_SEND,
+                Some("receive") => SD_RECEIVE,
+                Some("both") => SD_BOTH,
                 _ => return Err("shutdown: expected send, receive or both".into()),
             };
             (Op::Shutdown(how), 1)
@@ -538,8 +541,8 @@ impl Runner {
                 }
                 Err(e) => Outcome::err(e),
             },
-            Op::Listen(backlog) => Outcome::from(wsp::listen(p, s, backlog).map(|()| 0)),
-            Op::Accept => match wsp::accept(p, s) {
+            Op::Listen(backlog) => Outcome::from(p.wsp_listen(s, backlog).map(|()| 0)),
+            Op::Accept => match p.wsp_accept(s) {
                 Ok((ns, peer)) => {
                     let h = self.add_handle(ns, Rc::default());
                     Outcome::ok(h)
@@ -548,10 +551,10 @@ impl Runner {
                 }
                 Err(e) => Outcome::err(e),
             },
-            Op::Connect(to) => Outcome::from(wsp::connect(p, s, to).map(|()| 0)),
+            Op::Connect(to) => Outcome::from(p.wsp_connect(s, to).map(|()| 0)),
             Op::Send(n) => {
                 let from = pos.borrow().sent;
-                match wsp::send(p, s, &pattern(from, n)) {
+                match p.wsp_send(s, &pattern(from, n)) {
                     Ok(k) => {
                         pos.borrow_mut().sent += k as u64;
                         Outcome::ok(n64(k))
@@ -563,7 +566,7 @@ impl Runner {
                 let data = pattern(pos.borrow().sent, n);
                 let mut done = 0;
                 while done < n {
-                    match wsp::retry(|| wsp::send(p, s, &data[done..])) {
+                    match wsp::retry(|| p.wsp_send(s, &data[done..])) {
                         Ok(k) => {
                             done += k;
                             pos.borrow_mut().sent += k as u64;
@@ -575,7 +578,7 @@ impl Runner {
             }
             Op::Recv(n) => {
                 let mut buf = vec![0u8; n];
-                match wsp::recv(p, s, &mut buf) {
+                match p.wsp_recv(s, &mut buf) {
                     Ok(k) => {
                         let from = pos.borrow().received;
                         pos.borrow_mut().received += k as u64;
@@ -591,7 +594,7 @@ impl Runner {
                 let mut eof = false;
                 while done < n {
                     let want = (n - done).min(buf.len());
-                    match wsp::retry(|| wsp::recv(p, s, &mut buf[..want])) {
+                    match wsp::retry(|| p.wsp_recv(s, &mut buf[..want])) {
                         Ok(0) => {
                             eof = true;
                             break;
@@ -617,7 +620,7 @@ impl Runner {
                 let mut eof = false;
                 while done < n {
                     let want = (n - done).min(buf.len());
-                    let k = match wsp::retry(|| wsp::recv(p, s, &mut buf[..want])) {
+                    let k = match wsp::retry(|| p.wsp_recv(s, &mut buf[..want])) {
                         Ok(0) => {
                             eof = true;
                             break;
@@ -688,7 +691,7 @@ impl Runner {
                 let mut arg = 0u32;
                 Outcome::from(p.wsp_ioctl(s, FIONREAD, &mut arg).map(|()| arg.into()))
             }
-            Op::Shutdown(how) => Outcome::from(wsp::shutdown(p, s, how).map(|()| 0)),
+            Op::Shutdown(how) => Outcome::from(p.wsp_shutdown(s, how).map(|()| 0)),
             Op::Close => Outcome::from(p.wsp_close_socket(s).map(|()| 0)),
             Op::Duplicate => match p.duplicate(s) {
                 Ok(ns) => {
@@ -701,7 +704,7 @@ impl Runner {
                 Ok(a) => Outcome::ok(0).with("addr", a.to_string()),
                 Err(e) => Outcome::err(e),
             },
-            Op::GetPeerName => match wsp::peer_name(p, s) {
+            Op::GetPeerName => match p.wsp_get_peer_name(s) {
                 Ok(a) => Outcome::ok(0).with("addr", a.to_string()),
                 Err(e) => Outcome::err(e),
             },
@@ -880,9 +883,9 @@ mod tests {
         assert_eq!(op("getsockopt error"), Op::GetSockOpt(OptName::Error));
         assert_eq!(op("ioctl fionbio 1"), Op::Fionbio(true));
         assert_eq!(op("ioctl fionread"), Op::Fionread);
-        assert_eq!(op("shutdown send"), Op::Shutdown(wsp::SD_SEND));
-        assert_eq!(op("shutdown receive"), Op::Shutdown(wsp::SD_RECEIVE));
-        assert_eq!(op("shutdown both"), Op::Shutdown(wsp::SD_BOTH));
+        assert_eq!(op("shutdown send"), Op::Shutdown(SD_SEND));
+        assert_eq!(op("shutdown receive"), Op::Shutdown(SD_RECEIVE));
+        assert_eq!(op("shutdown both"), Op::Shutdown(SD_BOTH));
         assert_eq!(op("close"), Op::Close);
         assert_eq!(op("duplicate"), Op::Duplicate);
         assert_eq!(op("getsockname"), Op::GetSockName);

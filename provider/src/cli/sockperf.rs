@@ -159,7 +159,7 @@ pub fn sockperf_server(args: SockperfArgs) -> Result<(), Box<dyn std::error::Err
             let l = p.wsp_socket(af, SOCK_STREAM, IPPROTO_TCP).call("socket")?;
             sockets.push(l);
             p.wsp_bind(l, addr).call("bind")?;
-            wsp::listen(&p, l, 128).call("listen")?;
+            p.wsp_listen(l, 128).call("listen")?;
             let (p, c, stop) = (p.clone(), counters.clone(), stop.clone());
             threads.push(std::thread::spawn(move || accept_loop(&p, l, &c, &stop)));
         }
@@ -219,7 +219,7 @@ fn udp_loop(p: &Provider, s: Socket, c: &Counters) {
 
 fn accept_loop(p: &Arc<Provider>, l: Socket, c: &Arc<Counters>, stop: &AtomicBool) {
     loop {
-        match wsp::accept(p, l) {
+        match p.wsp_accept(l) {
             Ok((s, peer)) => {
                 c.connections.fetch_add(1, Ordering::Relaxed);
                 tracing::info!(%peer, "sockperf tcp connection");
@@ -261,7 +261,7 @@ fn tcp_conn(p: &Provider, s: Socket, c: &Counters) -> Result<(), Box<dyn std::er
                 buf.resize(buf.len() * 2, 0);
             }
         }
-        let n = wsp::recv(p, s, &mut buf[end..]).call("recv")?;
+        let n = p.wsp_recv(s, &mut buf[end..]).call("recv")?;
         if n == 0 {
             return Ok(());
         }

@@ -1,6 +1,6 @@
-//! The WSP calls the `cat`, `sockperf-server` and `script` subcommands make, in one place:
-//! the stream calls (the TCP layer of these tools is this thin file), option helpers, the
-//! nonblocking retry loop and an error type that names the failing call and its WSA code.
+//! Helpers the `cat`, `sockperf-server` and `script` subcommands share: the nonblocking retry
+//! loop, send-all and connect-and-wait, socket options by name, and an error type that names the
+//! failing call and its WSA code.
 use std::{fmt, net::SocketAddr, time::Duration};
 
 use provider::{
@@ -13,53 +13,6 @@ use provider::{
         },
     },
 };
-
-/// `WSPShutdown` directions.
-pub const SD_RECEIVE: i32 = 0;
-pub const SD_SEND: i32 = 1;
-pub const SD_BOTH: i32 = 2;
-
-/// WSPListen.
-pub fn listen(p: &Provider, s: Socket, backlog: i32) -> WspResult<()> {
-    let _ = (p, s, backlog);
-    Err(WsaError::WSAEOPNOTSUPP)
-}
-
-/// WSPAccept: the new socket and its peer.
-pub fn accept(p: &Provider, s: Socket) -> WspResult<(Socket, SocketAddr)> {
-    let _ = (p, s);
-    Err(WsaError::WSAEOPNOTSUPP)
-}
-
-/// WSPConnect (nonblocking: WSAEWOULDBLOCK, then WSAEALREADY until WSAEISCONN).
-pub fn connect(p: &Provider, s: Socket, to: SocketAddr) -> WspResult<()> {
-    let _ = (p, s, to);
-    Err(WsaError::WSAEOPNOTSUPP)
-}
-
-/// WSPSend on a stream socket (blocking: all bytes; nonblocking: partial or WSAEWOULDBLOCK).
-pub fn send(p: &Provider, s: Socket, buf: &[u8]) -> WspResult<usize> {
-    let _ = (p, s, buf);
-    Err(WsaError::WSAEOPNOTSUPP)
-}
-
-/// WSPRecv on a stream socket; `Ok(0)` is the peer's graceful EOF.
-pub fn recv(p: &Provider, s: Socket, buf: &mut [u8]) -> WspResult<usize> {
-    let _ = (p, s, buf);
-    Err(WsaError::WSAEOPNOTSUPP)
-}
-
-/// WSPShutdown (`SD_RECEIVE`, `SD_SEND`, `SD_BOTH`).
-pub fn shutdown(p: &Provider, s: Socket, how: i32) -> WspResult<()> {
-    let _ = (p, s, how);
-    Err(WsaError::WSAEOPNOTSUPP)
-}
-
-/// WSPGetPeerName.
-pub fn peer_name(p: &Provider, s: Socket) -> WspResult<SocketAddr> {
-    let _ = (p, s);
-    Err(WsaError::WSAEOPNOTSUPP)
-}
 
 /// How long a nonblocking caller waits before retrying a call that gave WSAEWOULDBLOCK.
 pub const RETRY_PAUSE: Duration = Duration::from_micros(200);
@@ -80,7 +33,7 @@ pub fn retry<T>(mut f: impl FnMut() -> WspResult<T>) -> WspResult<T> {
 pub fn connect_wait(p: &Provider, s: Socket, to: SocketAddr) -> WspResult<()> {
     let mut first = true;
     loop {
-        match connect(p, s, to) {
+        match p.wsp_connect(s, to) {
             Ok(()) => return Ok(()),
             Err(WsaError::WSAEISCONN) if !first => return Ok(()),
             Err(WsaError::WSAEWOULDBLOCK | WsaError::WSAEALREADY) => {
@@ -95,7 +48,7 @@ pub fn connect_wait(p: &Provider, s: Socket, to: SocketAddr) -> WspResult<()> {
 /// Send all of `buf` (a blocking send already does; a nonblocking one is looped).
 pub fn send_all(p: &Provider, s: Socket, mut buf: &[u8]) -> WspResult<()> {
     while !buf.is_empty() {
-        let n = retry(|| send(p, s, buf))?;
+        let n = retry(|| p.wsp_send(s, buf))?;
         buf = &buf[n..];
     }
     Ok(())
