@@ -606,7 +606,7 @@ fn socat_echo(lab: &Lab, port: u16) -> Child {
     // Wait for the listener.
     in_peer(lab, move || {
         let deadline = Instant::now() + WAIT;
-        while std::fs::read_to_string("/proc/net/tcp")
+        while std::fs::read_to_string("/proc/thread-self/net/tcp")
             .unwrap()
             .lines()
             .all(|l| !l.contains(&format!(":{port:04X} 00000000:0000 0A")))

@@ -3,7 +3,7 @@
 //! ```text
 //! provider cat --iface IF (--listen PORT | --connect IP:PORT) [--udp] [--v6] [--nodelay]
 //!              [--sndbuf N] [--rcvbuf N] [--linger off|0|N] [--nonblocking]
-//!              [--shutdown none|send|receive|both] [--close-after MS] [--once]
+//!              [--shutdown none|send|receive|both] [--close-after MS] [--once] [--drain-ms MS]
 //! ```
 //!
 //! stdin goes to the socket and the socket to stdout, on two threads (a blocking stdin reader
@@ -18,6 +18,8 @@
 //! graceful in the background; `0`: hard close, RST; `N`: linger N s); with `--nonblocking` a
 //! lingering close that gives WSAEWOULDBLOCK is retried every 10 ms for up to N s (DESIGN §7).
 //! `--listen` accepts connections one after another until killed; `--once` serves one and exits.
+//! Since the datapath lives in this process, `cat` waits before exiting (`--drain-ms`, default
+//! 1000) for gracefully closed connections to finish sending.
 //!
 //! UDP session: datagrams received go to stdout (from any sender); stdin goes out in datagrams
 //! (each stdin read, split at the largest payload the datapath carries) to the `--connect`
@@ -90,6 +92,10 @@ pub struct CatArgs {
     /// With --listen (TCP): serve one connection, then exit.
     #[arg(long)]
     once: bool,
+    /// Before exiting, wait up to this many ms for gracefully closed TCP connections to finish
+    /// sending (TIME_WAIT counts as unfinished).
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    drain_ms: u64,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,6 +136,10 @@ pub fn cat(args: CatArgs) -> Result<(), BoxError> {
     } else {
         tcp(&p, &args, &stdin)
     };
+    let left = wsp::drain(&p, Duration::from_millis(args.drain_ms));
+    if left > 0 {
+        eprintln!("cat: exiting with {left} connection(s) still closing (TIME_WAIT included)");
+    }
     result.map_err(Into::into)
 }
 

@@ -2,7 +2,7 @@
 //! JSON line — the packetdrill-style driver for conformance tests (DESIGN §9).
 //!
 //! ```text
-//! provider script --iface IF [--file F] [--stop-on-error] [provider-wide flags]
+//! provider script --iface IF [--file F] [--stop-on-error] [--drain-ms MS] [provider-wide flags]
 //! ```
 //!
 //! Without `--file` the ops are read from stdin as they come, so a test can write an op, read
@@ -69,7 +69,9 @@
 //! started; `dur_us` how long it took; `handle` the handle it acted on (null: none yet, the
 //! call then gets `INVALID_SOCKET`). After a successful `listen`:
 //! `{"event":"listening","handle":1,"addr":"0.0.0.0:5000","t_us":…}`. At the end:
-//! `{"event":"done","ops":N,"errors":E,"t_us":…}`.
+//! `{"event":"done","ops":N,"errors":E,"stopped":false,"closing":C,"t_us":…}` — printed after
+//! waiting (`--drain-ms`, default 1000) for gracefully closed connections to finish, since the
+//! datapath stops with the process; `closing` counts those still closing (TIME_WAIT included).
 //!
 //! WSA errors are results, not failures: the script goes on (`--stop-on-error` stops at the
 //! first op with an error or a failed verify, exit status 1). A line that does not parse, or
@@ -116,6 +118,10 @@ pub struct ScriptArgs {
     /// Stop at the first op that gives a WSA error or a failed verify (exit status 1).
     #[arg(long)]
     stop_on_error: bool,
+    /// At the end, wait up to this many ms for gracefully closed TCP connections to finish
+    /// sending (TIME_WAIT counts as unfinished) before the process, and the datapath, exit.
+    #[arg(long, value_name = "MS", default_value_t = 1000)]
+    drain_ms: u64,
 }
 
 /// One parsed op.
@@ -785,7 +791,9 @@ pub fn script(args: ScriptArgs) -> Result<(), Box<dyn std::error::Error>> {
             }
         }
     }
+    let left = wsp::drain(&r.p, Duration::from_millis(args.drain_ms));
     let mut f = Map::new();
+    f.insert("closing".into(), left.into());
     f.insert("ops".into(), r.ops.into());
     f.insert("errors".into(), r.errors.into());
     f.insert("stopped".into(), stopped.into());

@@ -115,3 +115,19 @@ impl<T> Tag<T> for WspResult<T> {
         self.map_err(|err| CallError { call, err })
     }
 }
+
+/// Before the process exits (which stops the datapath): wait up to `max` for the TCP
+/// connections closed gracefully to finish — queued data sent, FIN handshake done. The engine
+/// counts a connection in TIME_WAIT as unfinished too, so after an active close this waits the
+/// whole `max` unless TIME_WAIT (`--time-wait-ms`) is shorter. Returns the connections still
+/// closing.
+pub fn drain(p: &Provider, max: Duration) -> usize {
+    let deadline = std::time::Instant::now() + max;
+    loop {
+        let (_, orphans) = p.tcp_counts();
+        if orphans == 0 || std::time::Instant::now() >= deadline {
+            return orphans;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
