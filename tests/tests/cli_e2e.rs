@@ -826,3 +826,115 @@ fn sockperf_tcp_ping_pong_and_throughput() {
     );
     assert!(valid_round_trips(&pp) > 0);
 }
+
+#[test]
+#[ignore = "needs root and network namespaces"]
+fn cat_tcp_hard_close_resets_the_peer() {
+    let lab = lab();
+    let peer = peer_bg(&lab, |ready| {
+        let l = TcpListener::bind((PEER_V4, 7500)).unwrap();
+        ready.send(()).unwrap();
+        let (mut s, _) = l.accept().unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        let mut buf = [0u8; 100];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => return Ok(()),
+                Ok(_) => continue,
+                Err(e) => return Err(e.kind()),
+            }
+        }
+    });
+    let mut p = Proc::start(
+        &lab,
+        "cat",
+        &[
+            "--connect",
+            "198.18.0.2:7500",
+            "--linger",
+            "0",
+            "--shutdown",
+            "none",
+            "--close-after",
+            "0",
+        ],
+    );
+    p.wait_stderr("ready: cat connected");
+    p.write("x");
+    p.close_stdin();
+    assert!(p.wait_exit().success(), "{}", p.stderr_text());
+    assert_eq!(
+        peer.join().unwrap(),
+        Err(std::io::ErrorKind::ConnectionReset),
+        "linger 0 close: the peer sees a reset"
+    );
+}
+
+#[test]
+#[ignore = "needs root and network namespaces"]
+fn script_provider_wide_flags_and_tcp_v6() {
+    let lab = lab();
+    let mut p = Proc::start(
+        &lab,
+        "script",
+        &[
+            "--rcvbuf",
+            "65536",
+            "--sndbuf",
+            "32768",
+            "--time-wait-ms",
+            "100",
+            "--min-rto-ms",
+            "50",
+            "--orphan-timeout-ms",
+            "2000",
+            "--delayed-ack-ms",
+            "0",
+            "--cc",
+            "newreno",
+            "--drain-ms",
+            "5000",
+        ],
+    );
+    p.write(
+        "socket tcp v6             # 1\n\
+         getsockopt rcvbuf         # 2\n\
+         getsockopt sndbuf         # 3\n\
+         getsockopt linger         # 4\n\
+         bind [::]:5001            # 5\n\
+         listen                    # 6\n",
+    );
+    p.wait_json("listening", |v| v["event"] == "listening");
+    let client = peer_bg(&lab, |ready| {
+        ready.send(()).unwrap();
+        let mut s = TcpStream::connect((PROVIDER_V6, 5001)).unwrap();
+        s.set_read_timeout(Some(WAIT)).unwrap();
+        s.write_all(&pattern(100_000)).unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).unwrap();
+        got
+    });
+    p.write(
+        "accept                    # 7\n\
+         recv_all 100000           # 8\n\
+         sendall 70000             # 9\n\
+         close                     # 10: active close → TIME_WAIT (100 ms)\n\
+         use 1\n\
+         close                     # 12\n",
+    );
+    p.close_stdin();
+    assert!(p.wait_exit().success());
+    assert_eq!(p.op_line(2)["ret"], 65536);
+    assert_eq!(p.op_line(3)["ret"], 32768);
+    assert_eq!(p.op_line(4)["linger"], serde_json::json!([0, 0]));
+    assert_eq!(p.op_line(8)["verify"], "ok");
+    assert_eq!(p.op_line(9)["ret"], 70_000);
+    assert_ok(&p.op_line(10));
+    assert_eq!(client.join().unwrap(), pattern(70_000));
+    let done = p.wait_json("done", |v| v["event"] == "done");
+    assert_eq!(
+        done["closing"], 0,
+        "TIME_WAIT of 100 ms is over within the drain"
+    );
+    assert!(done["t_us"].as_u64().unwrap() < 4_000_000);
+}
