@@ -205,11 +205,3 @@ fn provider_client_kernel_server_v4_v6() {
     provider_client_to_kernel_server(&s, true, 7004, 1024 * MIB);
     println!("v6 1 GiB each way in {:?}", t.elapsed());
 }
-
-struct KillOnDrop<'a>(&'a mut std::process::Child);
-impl Drop for KillOnDrop<'_> {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
