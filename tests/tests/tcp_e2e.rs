@@ -205,3 +205,90 @@ fn provider_client_kernel_server_v4_v6() {
     provider_client_to_kernel_server(&s, true, 7004, 1024 * MIB);
     println!("v6 1 GiB each way in {:?}", t.elapsed());
 }
+
+#[test]
+#[ignore = "needs root and network namespaces"]
+fn thousand_concurrent_connections_echo_64k_each() {
+    const EACH: usize = 64 * 1024;
+    let conns: usize = std::env::var("PROVIDER_TEST_CONNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let s = start(1);
+    let p = provider(&s);
+    let l = tcp_socket(&p, false);
+    p.wsp_bind(l, SocketAddr::new(PROVIDER_V4.into(), 7010))
+        .unwrap();
+    p.wsp_listen(l, conns as i32).unwrap();
+    let server = {
+        let p = p.clone();
+        thread::spawn(move || {
+            let mut workers = Vec::with_capacity(conns);
+            for _ in 0..conns {
+                let (c, _) = p.wsp_accept(l).expect("accept");
+                let p = p.clone();
+                workers.push(
+                    thread::Builder::new()
+                        .stack_size(128 * 1024)
+                        .spawn(move || {
+                            let mut buf = vec![0u8; 16 * 1024];
+                            loop {
+                                let n = p.wsp_recv(c, &mut buf).expect("server recv");
+                                if n == 0 {
+                                    break;
+                                }
+                                provider_send_all(&p, c, &buf[..n]);
+                            }
+                            p.wsp_close_socket(c).unwrap();
+                        })
+                        .unwrap(),
+                );
+            }
+            for w in workers {
+                w.join().unwrap();
+            }
+        })
+    };
+    // All connections open first, then every one echoes its own 64 KiB.
+    let ok = in_peer(&s.lab, move || {
+        let streams: Vec<TcpStream> = (0..conns)
+            .map(|_| TcpStream::connect((PROVIDER_V4, 7010)).expect("kernel connect"))
+            .collect();
+        let workers: Vec<_> = streams
+            .into_iter()
+            .enumerate()
+            .map(|(i, mut k)| {
+                thread::Builder::new()
+                    .stack_size(128 * 1024)
+                    .spawn(move || {
+                        let data: Vec<u8> = (0..EACH).map(|j| (j * 7 + i) as u8).collect();
+                        let mut w = k.try_clone().unwrap();
+                        let d2 = data.clone();
+                        let writer = thread::Builder::new()
+                            .stack_size(64 * 1024)
+                            .spawn(move || {
+                                w.write_all(&d2).unwrap();
+                                w.shutdown(std::net::Shutdown::Write).unwrap();
+                            })
+                            .unwrap();
+                        let mut back = Vec::with_capacity(EACH);
+                        k.read_to_end(&mut back).unwrap();
+                        writer.join().unwrap();
+                        back == data
+                    })
+                    .unwrap()
+            })
+            .collect();
+        workers
+            .into_iter()
+            .map(|w| w.join().unwrap())
+            .filter(|ok| *ok)
+            .count()
+    });
+    server.join().unwrap();
+    assert_eq!(
+        ok, conns,
+        "every connection echoed its 64 KiB byte for byte"
+    );
+    p.wsp_close_socket(l).unwrap();
+}
