@@ -575,24 +575,41 @@ impl Lab {
             .with_context(|| format!("no ifindex for {ifname} in {ns}"))
     }
 
-    /// Loss injection on the peer (DESIGN §10): drops `percent`% of frames in each direction
-    /// on the peer veth with nftables; 0 removes the rule.
+    /// Drop `percent` % of the frames the peer veth sends and receives (nftables on the peer,
+    /// DESIGN §10); 0 removes every impairment.
     pub fn set_peer_loss(&self, percent: u8) -> Result<()> {
+        self.set_peer_impairment(percent, 0)
+    }
+
+    /// Drop `loss` % of the frames the peer veth receives and sends, and duplicate `dup` % of
+    /// those it sends (netdev-family nftables hooks on the peer veth; no netem on these
+    /// kernels). `(0, 0)` removes every impairment.
+    pub fn set_peer_impairment(&self, loss: u8, dup: u8) -> Result<()> {
         let _ = self.exec(
             &self.peer_ns,
-            &["nft", "delete", "table", "inet", "provider_lab"],
+            &["nft", "delete", "table", "netdev", "provider_lab"],
         );
-        if percent == 0 {
+        if loss == 0 && dup == 0 {
             return Ok(());
         }
         let kif = &self.peer_if;
+        let drop_rule = if loss > 0 {
+            format!("numgen random mod 100 < {loss} drop;")
+        } else {
+            String::new()
+        };
+        let dup_rule = if dup > 0 {
+            format!(" numgen random mod 100 < {dup} dup to \"{kif}\";")
+        } else {
+            String::new()
+        };
         let rules = format!(
-            "table inet provider_lab {{\n\
-             chain in {{ type filter hook ingress device \"{kif}\" priority 0; numgen random mod 100 < {percent} drop; }}\n\
-             chain out {{ type filter hook egress device \"{kif}\" priority 0; numgen random mod 100 < {percent} drop; }}\n\
+            "table netdev provider_lab {{\n\
+             chain in {{ type filter hook ingress device \"{kif}\" priority 0; {drop_rule} }}\n\
+             chain out {{ type filter hook egress device \"{kif}\" priority 0; {drop_rule}{dup_rule} }}\n\
              }}\n"
         );
-        let tmp = std::env::temp_dir().join(format!("{}-loss.nft", self.name));
+        let tmp = std::env::temp_dir().join(format!("{}-impair.nft", self.name));
         fs::write(&tmp, rules)?;
         let r = ns_run(&self.peer_ns, &["nft", "-f", &tmp.to_string_lossy()]);
         let _ = fs::remove_file(&tmp);

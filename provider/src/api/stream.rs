@@ -306,7 +306,8 @@ impl Provider {
         if Family::of(&addr) != e.family {
             return Err(WsaError::WSAEFAULT);
         }
-        if st.tcp()?.local.is_some() {
+        let t = st.tcp()?;
+        if t.local.is_some() || t.role != Role::Idle {
             return Err(WsaError::WSAEINVAL);
         }
         let ip = addr.ip();
@@ -395,7 +396,6 @@ impl Provider {
             let accepted = self.with_tcp(|inner, now| {
                 let id = inner.engine.accept(l)?;
                 let remote = inner.engine.remote_addr(id)?;
-                let local = inner.engine.local_addr(id)?;
                 if self.acquire_endpoint(inner, endpoint).is_err() {
                     inner.engine.abort(now, id);
                     return None;
@@ -411,15 +411,16 @@ impl Provider {
                         endpoint,
                     },
                 );
-                Some((id, local, remote))
+                Some((id, remote))
             });
-            if let Some((id, local, remote)) = accepted {
+            if let Some((id, remote)) = accepted {
                 drop(st);
-                let mut sock = TcpSock {
-                    local: Some(local),
+                // The accepted socket owns no bind reference (`local` stays None): the
+                // connection's own reference on the listener's endpoint keeps it steered.
+                let sock = TcpSock {
+                    role: Role::Connected(id),
                     ..TcpSock::default()
                 };
-                sock.role = Role::Connected(id);
                 let child = Arc::new(SocketEntry::new(
                     e.family,
                     SocketKind::Stream,

@@ -291,8 +291,12 @@ fn steer_entries_follow_sockets_and_time_wait() {
     // Closing the listener leaves its endpoint steered for the accepted connection.
     let key = tcp_steer_key(addr("198.18.0.1:5400"));
     assert!(!dp.steer_ops().contains(&SteerOp::Remove(key)));
-    p.wsp_close_socket(c).unwrap();
+    // Closing the accepted socket while its connection still lives (the client has not
+    // closed) keeps the endpoint steered too: the connection holds the reference.
     p.wsp_close_socket(s).unwrap();
+    thread::sleep(Duration::from_millis(20));
+    assert!(!dp.steer_ops().contains(&SteerOp::Remove(key)));
+    p.wsp_close_socket(c).unwrap();
     // After TIME_WAIT (200 ms here) every endpoint is released.
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {

@@ -485,22 +485,19 @@ pub fn ifindex(name: &str) -> io::Result<u32> {
     }
 }
 
-/// The number of RX queues of interface `name` (entries `rx-*` in `/sys/class/net/<name>/queues`).
-/// Note that sysfs shows the interfaces of the network namespace it was mounted in.
+/// The number of RX queues of interface `name` in the calling thread's network namespace.
 pub fn num_rx_queues(name: &str) -> io::Result<u32> {
-    if name.is_empty() || name.contains('/') || name == "." || name == ".." {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "bad interface name",
-        ));
-    }
-    let mut n = 0u32;
-    for entry in std::fs::read_dir(format!("/sys/class/net/{name}/queues"))? {
-        if entry?.file_name().to_string_lossy().starts_with("rx-") {
-            n += 1;
-        }
-    }
-    Ok(n)
+    // rtnetlink (IFLA_NUM_RX_QUEUES) answers for the calling thread's network namespace; sysfs
+    // would answer for the namespace /sys was mounted in.
+    let index = ifindex(name)?;
+    let link = Rtnl::new()?.link(index)?;
+    link.attributes
+        .iter()
+        .find_map(|a| match a {
+            LinkAttribute::NumRxQueues(n) => Some(*n),
+            _ => None,
+        })
+        .ok_or_else(|| invalid("interface reports no RX queue count"))
 }
 
 #[cfg(test)]
