@@ -17,7 +17,8 @@
 //! at once too (stdin still open or not). The close follows `--linger` (`off`: SO_DONTLINGER,
 //! graceful in the background; `0`: hard close, RST; `N`: linger N s); with `--nonblocking` a
 //! lingering close that gives WSAEWOULDBLOCK is retried every 10 ms for up to N s (DESIGN §7).
-//! `--listen` accepts connections one after another until killed; `--once` serves one and exits.
+//! `--listen` accepts connections one after another until killed (a connection's error is
+//! reported on stderr and the next one accepted); `--once` serves one and exits with its status.
 //! Since the datapath lives in this process, `cat` waits before exiting (`--drain-ms`, default
 //! 1000) for gracefully closed connections to finish sending.
 //!
@@ -257,10 +258,13 @@ fn tcp(p: &Arc<Provider>, args: &CatArgs, stdin: &Receiver<Vec<u8>>) -> Result<(
             let r = args
                 .setup(p, c)
                 .and_then(|()| tcp_session(p, args, c, stdin));
-            let closed = close(p, c, args);
-            r.and(closed)?;
+            let r = r.and(close(p, c, args));
             if args.once {
-                return Ok(());
+                return r;
+            }
+            // Serving on: a connection's failure is reported, not fatal.
+            if let Err(e) = r {
+                eprintln!("cat: connection from {peer}: {e}");
             }
         }
     })();
