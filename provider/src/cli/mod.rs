@@ -321,3 +321,69 @@ fn udp_echo_loop(provider: &Provider, s: provider::socket::Socket) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(args: &[&str]) -> ProviderConfig {
+        let mut argv = vec!["provider", "script", "--iface", "veth0"];
+        argv.extend_from_slice(args);
+        let Command::Script(a) = Cli::try_parse_from(argv).unwrap().command else {
+            unreachable!()
+        };
+        let mut config = ProviderConfig::default();
+        a.datapath.settings.apply(&mut config);
+        config
+    }
+
+    #[test]
+    fn provider_wide_flags_reach_the_config() {
+        assert_eq!(settings(&[]), ProviderConfig::default());
+        let c = settings(&[
+            "--time-wait-ms",
+            "100",
+            "--min-rto-ms",
+            "5000",
+            "--orphan-timeout-ms",
+            "2000",
+            "--sndbuf",
+            "1000",
+            "--rcvbuf",
+            "2000",
+            "--delayed-ack-ms",
+            "0",
+            "--cc",
+            "newreno",
+        ]);
+        let ms = Duration::from_millis;
+        assert_eq!(c.tcp.time_wait, ms(100));
+        assert_eq!(c.tcp.min_rto, ms(5000));
+        assert_eq!(
+            c.tcp.initial_rto,
+            ms(5000),
+            "initial RTO raised to the minimum"
+        );
+        assert_eq!(c.tcp.orphan_timeout, ms(2000));
+        assert_eq!((c.default_sndbuf, c.tcp.send_buffer), (1000, 1000));
+        assert_eq!((c.default_rcvbuf, c.tcp.recv_buffer), (2000, 2000));
+        assert_eq!(c.tcp.delayed_ack, Duration::ZERO);
+        assert_eq!(c.tcp.cc, CcAlgorithm::NewReno);
+    }
+
+    #[test]
+    fn every_subcommand_takes_the_provider_wide_flags() {
+        for sub in [
+            &["echo"][..],
+            &["provider-sink", "--port", "9"],
+            &["cat", "--listen", "1"],
+            &["sockperf-server"],
+            &["script"],
+        ] {
+            let mut argv = vec!["provider"];
+            argv.extend_from_slice(sub);
+            argv.extend_from_slice(&["--iface", "x", "--time-wait-ms", "1", "--cc", "cubic"]);
+            assert!(Cli::try_parse_from(&argv).is_ok(), "{argv:?}");
+        }
+    }
+}

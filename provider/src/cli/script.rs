@@ -111,7 +111,7 @@ use super::{
 #[derive(Args)]
 pub struct ScriptArgs {
     #[command(flatten)]
-    datapath: DatapathArgs,
+    pub(super) datapath: DatapathArgs,
     /// Read the ops from this file (default: stdin, line by line as they arrive).
     #[arg(long)]
     file: Option<PathBuf>,
