@@ -126,6 +126,10 @@ pub struct ProviderStats {
     pub udp_dropped_queue_full: u64,
     /// Datagrams for which no (open) socket was bound.
     pub udp_no_socket: u64,
+    /// TCP connections the engine holds (TIME_WAIT and orphans included).
+    pub tcp_connections: u64,
+    /// Of those, closed by the application and finishing on their own.
+    pub tcp_orphans: u64,
 }
 
 #[derive(Debug, Default)]
@@ -551,6 +555,7 @@ impl Provider {
     pub fn stats(&self) -> ProviderStats {
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let tcp = self.tcp_counts();
         ProviderStats {
             sockets_open: get(&c.sockets_open),
             handles_open: self.table.len() as u64,
@@ -559,6 +564,8 @@ impl Provider {
             udp_delivered: get(&c.udp_delivered),
             udp_dropped_queue_full: get(&c.udp_dropped_queue_full),
             udp_no_socket: get(&c.udp_no_socket),
+            tcp_connections: tcp.0 as u64,
+            tcp_orphans: tcp.1 as u64,
         }
     }
 }

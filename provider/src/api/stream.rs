@@ -275,6 +275,18 @@ impl Provider {
         self.with_tcp(|inner, now| inner.engine.on_segment(now, src, dst, segment));
     }
 
+    /// `deliver_tcp` for a whole RX batch: one engine lock, one transmit flush.
+    pub fn deliver_tcp_batch<'a>(
+        &self,
+        segments: impl IntoIterator<Item = (IpAddr, IpAddr, &'a [u8])>,
+    ) {
+        self.with_tcp(|inner, now| {
+            for (src, dst, segment) in segments {
+                inner.engine.on_segment(now, src, dst, segment);
+            }
+        });
+    }
+
     /// Run expired TCP timers (retransmission, delayed ACK, TIME_WAIT, keepalive, …).
     pub fn tcp_tick(&self) {
         self.with_tcp(|inner, now| inner.engine.on_timeout(now));
