@@ -664,7 +664,8 @@ impl TcpEngine {
             .iter()
             .filter(|s| s.mapped)
             .filter_map(|s| s.conn.as_deref())
-            .filter(|c| c.released && c.listener.is_none())
+            // TIME_WAIT means the FIN handshake is over: that is not an orphan (DESIGN §7).
+            .filter(|c| c.released && c.listener.is_none() && c.state != TcpState::TimeWait)
             .count()
     }
 }
