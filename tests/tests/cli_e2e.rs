@@ -938,3 +938,46 @@ fn script_provider_wide_flags_and_tcp_v6() {
     );
     assert!(done["t_us"].as_u64().unwrap() < 4_000_000);
 }
+
+/// curl (the kernel's TCP, an unmodified HTTP client) against a tiny HTTP responder made of
+/// `provider cat`: the response is cat's stdin, the request lands on its stdout.
+#[test]
+#[ignore = "needs root and network namespaces"]
+fn curl_fetches_from_an_http_responder_on_provider_cat() {
+    let lab = lab();
+    let body = "hello from the provider\n".repeat(2000);
+    let response = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let mut p = Proc::start(
+        &lab,
+        "cat",
+        &["--listen", "8080", "--once", "--close-after", "3000"],
+    );
+    p.wait_stderr("ready: cat listening on tcp 0.0.0.0:8080");
+    p.write(&response);
+    p.close_stdin();
+    let out = lab
+        .peer_cmd("curl")
+        .args(["-sS", "--max-time", "10", "http://198.18.0.1:8080/hello"])
+        .output()
+        .expect("run curl");
+    assert!(
+        out.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        body,
+        "curl got the whole body"
+    );
+    assert!(p.wait_exit().success(), "cat failed: {}", p.stderr_text());
+    let request = String::from_utf8_lossy(&p.stdout_bytes()).to_string();
+    assert!(
+        request.starts_with("GET /hello HTTP/1.1\r\n"),
+        "request seen by cat: {request:?}"
+    );
+    assert!(request.contains("Host: 198.18.0.1:8080"));
+}
