@@ -18,7 +18,7 @@ use super::options::{MAX_WSCALE, TcpOptions};
 use super::ratelimit::RateLimiter;
 use super::segment::{SegmentIn, SegmentOut, write_segment};
 use super::seq::SeqNum;
-use super::types::{ConnId, Event, ListenerId, TcpError, TcpState};
+use super::types::{ConnId, ConnStats, Event, ListenerId, TcpError, TcpState};
 use crate::net::tcp::{MIN_HEADER_LEN, TcpFlags};
 
 pub(crate) use recv::Receiver;
@@ -919,6 +919,9 @@ impl Conn {
             TcpState::Established | TcpState::CloseWait if !self.snd.fin_queued => self.snd.space(),
             _ => 0,
         }
+    }
+    pub(crate) fn stats(&self) -> ConnStats {
+        self.snd.stats()
     }
     pub(crate) fn unacked_bytes(&self) -> usize {
         self.snd.unacked()

@@ -16,6 +16,7 @@ use super::super::rtt::RttEstimator;
 use super::super::sack::Scoreboard;
 use super::super::segment::SegmentIn;
 use super::super::seq::SeqNum;
+use super::super::types::ConnStats;
 
 /// Duplicate ACK threshold (RFC 5681).
 const DUPTHRESH: u32 = 3;
@@ -28,6 +29,15 @@ pub(crate) struct Plan {
     pub fin: bool,
     pub psh: bool,
     pub rexmit: bool,
+    pub kind: TxKind,
+}
+
+/// Why a segment is sent (for [`ConnStats`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TxKind {
+    New,
+    Fast,
+    Rto,
 }
 
 /// What an ACK changed, for the connection's timers and events.
@@ -75,6 +85,7 @@ pub(crate) struct Sender {
     writable_wanted: bool,
     pub(crate) syn_sent_at: Instant,
     partial_acks: u32,
+    pub(crate) stats: ConnStats,
 }
 
 impl Sender {
@@ -107,6 +118,7 @@ impl Sender {
             writable_wanted: false,
             syn_sent_at: now,
             partial_acks: 0,
+            stats: ConnStats::default(),
         }
     }
 
@@ -352,6 +364,7 @@ impl Sender {
             return;
         }
         self.recovery = Some(self.max);
+        self.stats.fast_recoveries += 1;
         self.partial_acks = 0;
         self.cc.on_congestion_event(now, self.flight());
         self.rexmit_now = Some(self.una);
@@ -362,6 +375,7 @@ impl Sender {
     /// Retransmission timeout: collapse the window and go back to SND.UNA.
     pub(crate) fn on_rto(&mut self, now: Instant) {
         let flight = self.flight();
+        self.stats.rto_count += 1;
         self.cc.on_rto(now, flight);
         self.rtt.backoff();
         self.rtt_probe = None;
@@ -388,12 +402,20 @@ impl Sender {
         if len == 0 && !fin {
             return None;
         }
+        let kind = if !rexmit {
+            TxKind::New
+        } else if self.recovery.is_some() {
+            TxKind::Fast
+        } else {
+            TxKind::Rto
+        };
         Some(Plan {
             seq,
             len,
             fin,
             psh: len == avail && len > 0,
             rexmit,
+            kind,
         })
     }
 
@@ -445,6 +467,7 @@ impl Sender {
                     fin: true,
                     psh: false,
                     rexmit: resend,
+                    kind: if resend { TxKind::Rto } else { TxKind::New },
                 });
             }
             return None;
@@ -464,12 +487,21 @@ impl Sender {
             fin: fin_here,
             psh: len == avail,
             rexmit: resend,
+            kind: if resend { TxKind::Rto } else { TxKind::New },
         })
     }
 
     /// Bookkeeping after `plan` was written.
     pub(crate) fn on_sent(&mut self, now: Instant, plan: &Plan) {
         let end = plan.seq + plan.len + u32::from(plan.fin);
+        self.stats.segments_sent += 1;
+        if plan.rexmit || plan.seq.lt(self.max) {
+            self.stats.retransmits += 1;
+            match plan.kind {
+                TxKind::Fast => self.stats.fast_retransmits += 1,
+                _ => self.stats.rto_retransmits += 1,
+            }
+        }
         if plan.rexmit || plan.seq.lt(self.max) {
             // Karn: never time a retransmitted segment (nor anything outstanding with it).
             self.rtt_probe = None;
@@ -490,5 +522,18 @@ impl Sender {
         }
         self.last_send = now;
         self.force_send = false;
+    }
+}
+
+impl Sender {
+    /// Counters and current congestion state.
+    pub(crate) fn stats(&self) -> ConnStats {
+        ConnStats {
+            cwnd: self.cc.cwnd(),
+            ssthresh: self.cc.ssthresh(),
+            srtt: self.rtt.srtt(),
+            rto: self.rtt.rto(),
+            ..self.stats
+        }
     }
 }
