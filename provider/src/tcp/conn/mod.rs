@@ -254,6 +254,7 @@ impl Conn {
             self.t_keepalive,
             self.t_timewait,
             self.t_orphan,
+            self.snd.next_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -469,6 +470,9 @@ impl Conn {
             if r.retransmit_timer_restart && self.snd.una != self.snd.max {
                 self.t_rto = Some(cx.now + self.rto());
             }
+            if r.advanced {
+                self.snd.arm_pto(cx.now, self.sack_ok, self.t_rto);
+            }
             if self.on_fin_acked(cx) {
                 return;
             }
@@ -512,6 +516,7 @@ impl Conn {
     /// Drops every timer and flag; the engine sees CLOSED and unmaps the 4-tuple.
     fn enter_closed(&mut self) {
         self.state = TcpState::Closed;
+        self.snd.clear_timers();
         self.t_rto = None;
         self.t_delack = None;
         self.t_persist = None;
@@ -596,6 +601,9 @@ impl Conn {
             if self.state == TcpState::Closed {
                 return;
             }
+        }
+        if self.snd.next_deadline().is_some_and(|t| t <= now) && self.state.is_synchronized() {
+            self.snd.on_timer(now);
         }
         if due(self.t_persist) {
             self.t_persist = None;
@@ -721,7 +729,10 @@ impl Conn {
             }
             _ => {
                 let room = buf.len().saturating_sub(MIN_HEADER_LEN + 40);
-                if let Some(plan) = self.snd.next_segment(now, self.nodelay, room as u32) {
+                if let Some(plan) =
+                    self.snd
+                        .next_segment(now, self.nodelay, self.sack_ok, room as u32)
+                {
                     return self.write_data(cx, buf, plan);
                 }
                 if self.probe_due {
@@ -862,8 +873,12 @@ impl Conn {
         let n = write_segment(buf, self.local, self.remote, &seg, payload)?;
         self.snd.on_sent(cx.now, &plan);
         self.on_ack_sent();
-        if self.t_rto.is_none() {
+        if self.t_rto.is_none() || plan.kind == send::TxKind::Tlp {
+            // RFC 8985 §7.3: after a probe the retransmission timer restarts.
             self.t_rto = Some(cx.now + self.rto());
+        }
+        if plan.kind == send::TxKind::New {
+            self.snd.arm_pto(cx.now, self.sack_ok, self.t_rto);
         }
         self.t_persist = None;
         Some(n)
