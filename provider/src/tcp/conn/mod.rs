@@ -21,7 +21,7 @@ use super::seq::SeqNum;
 use super::types::{ConnId, ConnStats, Event, ListenerId, TcpError, TcpState};
 use crate::net::tcp::{MIN_HEADER_LEN, TcpFlags};
 
-pub(crate) use recv::Receiver;
+pub(crate) use recv::{AckPoint, Receiver};
 pub(crate) use send::Sender;
 
 /// A control segment not tied to connection state (RST replies, aborts).
@@ -378,7 +378,7 @@ impl Conn {
             && let Some((tsval, _)) = seg.opts.timestamps
             && (tsval.wrapping_sub(self.ts_recent) as i32) < 0
         {
-            self.ack_now = true;
+            self.on_old_duplicate(seg);
             return;
         }
 
@@ -388,7 +388,7 @@ impl Conn {
                     // A retransmitted FIN: re-ACK it and restart 2 MSL.
                     self.t_timewait = Some(cx.now + cx.cfg.time_wait);
                 }
-                self.ack_now = true;
+                self.on_old_duplicate(seg);
             }
             return;
         }
@@ -728,6 +728,13 @@ impl Conn {
                 None
             }
             _ => {
+                if let Some(&p) = self.rcv.points.front() {
+                    let n = self.write_ack_point(cx, buf, p);
+                    self.rcv.points.pop_front();
+                    if n.is_some() {
+                        return n;
+                    }
+                }
                 let room = buf.len().saturating_sub(MIN_HEADER_LEN + 40);
                 if let Some(plan) =
                     self.snd
@@ -777,8 +784,11 @@ impl Conn {
             o.timestamps = Some((self.ts_now(cx.now, cx.epoch), self.ts_recent));
         }
         if self.sack_ok {
-            let max = if self.ts_ok { 3 } else { 4 };
-            for (i, (l, r)) in self.rcv.sack_blocks(max).into_iter().enumerate() {
+            let mut blocks = Vec::with_capacity(4);
+            blocks.extend(self.rcv.pending_dsack());
+            let room = self.sack_block_max().saturating_sub(blocks.len());
+            blocks.extend(self.rcv.sack_blocks(room));
+            for (i, (l, r)) in blocks.into_iter().enumerate() {
                 o.sack_blocks[i] = (l.0, r.0);
                 o.sack_count = i as u8 + 1;
             }
@@ -788,9 +798,42 @@ impl Conn {
 
     /// Bookkeeping common to every segment that carries our current ACK.
     fn on_ack_sent(&mut self) {
+        if self.sack_ok && self.rcv.pending_dsack().is_some() {
+            self.snd.stats.dsacks_sent += 1;
+        }
         self.ack_now = false;
         self.t_delack = None;
         self.rcv.on_ack_sent();
+    }
+
+    /// A pure ACK of an earlier receive state (see [`AckPoint`]).
+    fn write_ack_point(&mut self, cx: &mut Ctx<'_>, buf: &mut [u8], p: AckPoint) -> Option<usize> {
+        let window = self.rcv.advertise_at(p.ack, self.rcv_wscale);
+        let mut opts = TcpOptions::default();
+        if self.ts_ok {
+            opts.timestamps = Some((self.ts_now(cx.now, cx.epoch), self.ts_recent));
+        }
+        if self.sack_ok {
+            let blocks = p
+                .dsack
+                .into_iter()
+                .chain(p.sacks[..usize::from(p.n)].iter().copied());
+            for (i, (l, r)) in blocks.take(self.sack_block_max()).enumerate() {
+                opts.sack_blocks[i] = (l.0, r.0);
+                opts.sack_count = i as u8 + 1;
+            }
+            if p.dsack.is_some() {
+                self.snd.stats.dsacks_sent += 1;
+            }
+        }
+        let seg = SegmentOut {
+            seq: self.snd.max,
+            ack: p.ack,
+            flags: TcpFlags::ACK,
+            window,
+            opts,
+        };
+        write_segment(buf, self.local, self.remote, &seg, (&[], &[]))
     }
 
     fn write_syn(&mut self, cx: &mut Ctx<'_>, buf: &mut [u8]) -> Option<usize> {

@@ -193,6 +193,9 @@ pub(crate) struct Sender {
     last_send: Instant,
     writable_wanted: bool,
     pub(crate) syn_sent_at: Instant,
+    /// FlightSize before the first ACK processed at this instant (see
+    /// [`Sender::loss_flight`]).
+    batch_flight: (Instant, u32),
     pub(crate) stats: ConnStats,
 }
 
@@ -252,6 +255,7 @@ impl Sender {
             last_send: now,
             writable_wanted: false,
             syn_sent_at: now,
+            batch_flight: (now, 0),
             stats: ConnStats::default(),
         }
     }
@@ -366,6 +370,25 @@ impl Sender {
     /// FlightSize: everything sent and not cumulatively acknowledged.
     fn flight(&self) -> u32 {
         (self.max - self.una).max(0) as u32
+    }
+
+    /// The "FlightSize" a window reduction is based on (RFC 5681 eq. 4, RFC 6675 §5 step 4.2,
+    /// RFC 9438 §4.6), made robust against two distortions:
+    /// - ACKs that arrive in one receive batch are all processed before the sender transmits
+    ///   again; a loss revealed by the last ACK of a batch would be measured against a flight the
+    ///   earlier ACKs drained transiently. So: the larger of now and before the ACKs processed at
+    ///   this same instant;
+    /// - SACKed data stays in FlightSize although it left the network, so under reordering the
+    ///   flight can be several windows and a "reduction" to β·FlightSize would grow cwnd. So:
+    ///   never more than cwnd (what Linux uses), while an application-limited flight below cwnd
+    ///   still counts as it is.
+    fn loss_flight(&self, now: Instant) -> u32 {
+        let before = if self.batch_flight.0 == now {
+            self.batch_flight.1
+        } else {
+            0
+        };
+        self.flight().max(before).min(self.cc.cwnd())
     }
 
     /// RFC 6675 SetPipe over the transmit queue: what is not SACKed and not lost, plus the
@@ -511,6 +534,9 @@ impl Sender {
         let mut r = AckResult::default();
         let ack = seg.ack;
         let old_wnd = self.wnd;
+        if self.batch_flight.0 != now {
+            self.batch_flight = (now, self.flight());
+        }
         if self.wl1.lt(seg.seq) || (self.wl1 == seg.seq && self.wl2.le(ack)) {
             self.set_window(seg, shift);
         }
@@ -840,7 +866,7 @@ impl Sender {
             // signal.
             self.tlp_end = None;
             if self.phase == Phase::Open {
-                let flight = self.flight();
+                let flight = self.loss_flight(now);
                 self.cc.on_congestion_event(now, flight);
                 self.cc.on_recovery_exit(now, flight);
             }
@@ -859,7 +885,7 @@ impl Sender {
         self.rescue_done = false;
         self.partial_acks = 0;
         self.stats.fast_recoveries += 1;
-        self.cc.on_congestion_event(now, self.flight());
+        self.cc.on_congestion_event(now, self.loss_flight(now));
         self.rexmit_now = self
             .q
             .iter()
