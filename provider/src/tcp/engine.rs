@@ -14,7 +14,7 @@ use super::ratelimit::RateLimiter;
 use super::segment::{SegmentIn, SegmentOut, write_segment};
 use super::seq::SeqNum;
 use super::timer_wheel::TimerWheel;
-use super::types::{ConnId, Event, ListenerId, TcpError, TcpState, Transmit};
+use super::types::{ConnId, ConnStats, Event, ListenerId, TcpError, TcpState, Transmit};
 use crate::net::tcp::TcpFlags;
 
 /// Timer wheel granularity.
@@ -621,6 +621,11 @@ impl TcpEngine {
     /// Bytes queued or in flight, plus one for an unacknowledged FIN.
     pub fn unacked_bytes(&self, id: ConnId) -> usize {
         self.conn(id).map_or(0, |c| c.unacked_bytes())
+    }
+
+    /// Sender counters and congestion state (a small TCP_INFO).
+    pub fn stats(&self, id: ConnId) -> Option<ConnStats> {
+        self.conn(id).map(|c| c.stats())
     }
 
     /// TCP_NODELAY.

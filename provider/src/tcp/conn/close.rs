@@ -64,6 +64,7 @@ impl Conn {
         self.t_keepalive = None;
         self.t_orphan = None;
         self.t_delack = None;
+        self.snd.clear_timers();
         self.probe_due = false;
         self.keepalive_due = false;
     }

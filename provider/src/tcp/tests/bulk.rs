@@ -5,7 +5,7 @@ use std::collections::BinaryHeap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::tcp::{ConnId, ConnOptions, Event, TcpConfig, TcpEngine, TcpState};
+use crate::tcp::{ConnId, ConnOptions, ConnStats, Event, TcpConfig, TcpEngine, TcpState};
 
 /// xorshift64*: a tiny seeded RNG for the link.
 pub(crate) struct Rng(u64);
@@ -150,9 +150,19 @@ impl Pair {
     }
 }
 
+/// What a transfer produced.
+pub(crate) struct Outcome {
+    pub data: Vec<u8>,
+    pub got: Vec<u8>,
+    /// Virtual time from the SYN to the end.
+    pub elapsed: Duration,
+    /// The sender's counters at the end.
+    pub stats: ConnStats,
+}
+
 /// Runs a one-directional transfer of `total` bytes from a (client) to b (server) and returns
-/// the bytes b received and the virtual time it took.
-fn transfer(link: Link, seed: u64, total: usize, cfg: TcpConfig) -> (Vec<u8>, Vec<u8>, Duration) {
+/// the bytes b received, the virtual time it took and the sender's counters.
+pub(crate) fn transfer(link: Link, seed: u64, total: usize, cfg: TcpConfig) -> Outcome {
     let mut p = Pair::new(cfg.clone(), cfg, link, seed);
     let l = p.engines[1].listen(p.addrs[1], 8).unwrap();
     let c = p.engines[0]
@@ -217,14 +227,20 @@ fn transfer(link: Link, seed: u64, total: usize, cfg: TcpConfig) -> (Vec<u8>, Ve
             );
         }
     }
+    let stats = p.engines[0].stats(c).unwrap_or_default();
     eprintln!(
-        "transfer: {} bytes in {:?} virtual, {} delivered, {} dropped",
+        "transfer: {} bytes in {:?} virtual, {} delivered, {} dropped\n  sender: {stats:?}",
         total,
         p.now - p.t0,
         p.delivered,
         p.dropped
     );
-    (data, got, p.now - p.t0)
+    Outcome {
+        data,
+        got,
+        elapsed: p.now - p.t0,
+        stats,
+    }
 }
 
 fn link(loss: f64, dup: f64, reorder: f64) -> Link {
@@ -239,17 +255,17 @@ fn link(loss: f64, dup: f64, reorder: f64) -> Link {
 
 #[test]
 fn bulk_clean_link() {
-    let (data, got, t) = transfer(link(0.0, 0.0, 0.0), 1, 4 << 20, TcpConfig::default());
-    assert!(data == got, "byte-exact");
-    assert!(t < Duration::from_secs(30), "took {t:?}");
+    let o = transfer(link(0.0, 0.0, 0.0), 1, 4 << 20, TcpConfig::default());
+    assert!(o.data == o.got, "byte-exact");
+    assert!(o.elapsed < Duration::from_secs(30), "took {:?}", o.elapsed);
 }
 
 #[test]
 fn bulk_lossy_reordering_duplicating_link() {
     for seed in [7u64, 8, 9] {
-        let (data, got, _t) = transfer(link(0.02, 0.01, 0.05), seed, 3 << 20, TcpConfig::default());
-        assert_eq!(data.len(), got.len(), "seed {seed}");
-        assert!(data == got, "byte-exact, seed {seed}");
+        let o = transfer(link(0.02, 0.01, 0.05), seed, 3 << 20, TcpConfig::default());
+        assert_eq!(o.data.len(), o.got.len(), "seed {seed}");
+        assert!(o.data == o.got, "byte-exact, seed {seed}");
     }
 }
 
@@ -261,8 +277,8 @@ fn bulk_lossy_without_sack_or_timestamps_newreno() {
         cc: crate::tcp::CcAlgorithm::NewReno,
         ..Default::default()
     };
-    let (data, got, _t) = transfer(link(0.02, 0.01, 0.05), 11, 2 << 20, cfg);
-    assert!(data == got, "byte-exact");
+    let o = transfer(link(0.02, 0.01, 0.05), 11, 2 << 20, cfg);
+    assert!(o.data == o.got, "byte-exact");
 }
 
 #[test]
@@ -273,6 +289,29 @@ fn bulk_small_buffers_and_heavy_loss() {
         window_scale: false,
         ..Default::default()
     };
-    let (data, got, _t) = transfer(link(0.10, 0.02, 0.10), 13, 1 << 20, cfg);
-    assert!(data == got, "byte-exact");
+    let o = transfer(link(0.10, 0.02, 0.10), 13, 1 << 20, cfg);
+    assert!(o.data == o.got, "byte-exact");
+}
+
+/// Mathis et al. (1997): a loss-limited Reno flow moves MSS/RTT · sqrt(3/2)/sqrt(p) bytes/s.
+fn mathis_time(total: usize, mss: u32, rtt: Duration, p: f64) -> Duration {
+    let rate = f64::from(mss) / rtt.as_secs_f64() * (1.5f64).sqrt() / p.sqrt();
+    Duration::from_secs_f64(total as f64 / rate)
+}
+
+/// Random loss only (both directions, no reordering): the time against the Mathis model.
+#[test]
+fn bulk_random_loss_against_the_mathis_model() {
+    let total = 3 << 20;
+    let model = mathis_time(total, 1448, Duration::from_millis(10), 0.02);
+    for seed in [21u64, 22, 23] {
+        let o = transfer(link(0.02, 0.0, 0.0), seed, total, TcpConfig::default());
+        assert!(o.data == o.got, "byte-exact, seed {seed}");
+        eprintln!(
+            "  2% loss, seed {seed}: {:?}, Mathis {model:?}, ratio {:.2}, {} RTOs",
+            o.elapsed,
+            o.elapsed.as_secs_f64() / model.as_secs_f64(),
+            o.stats.rto_count
+        );
+    }
 }

@@ -304,11 +304,14 @@ fn fill(h: &mut Harness, c: crate::tcp::ConnId, n: usize, seg_len: u32, segs: u3
 
 #[test]
 fn fast_retransmit_on_three_dup_acks_with_sack() {
-    let (mut h, _l, c) = Harness::passive(cfg(), PeerOpts::full());
+    let (mut h, _l, c) = Harness::passive_rtt(cfg(), PeerOpts::full(), 10);
     fill(&mut h, c, 14480, 1448, 10);
+    // RACK (RFC 8985 §6.2): one or two SACKed segments are not enough while the reordering
+    // window (min_RTT/4 = 2.5 ms) runs...
     h.inject(20, seg(F_ACK).seq(1).ack(1).sack(&[(1449, 2897)]));
     h.inject(21, seg(F_ACK).seq(1).ack(1).sack(&[(1449, 4345)]));
     h.expect_nothing_until(21);
+    // ...three are: without reordering seen, the window is 0 from DupThresh SACKed segments on.
     h.inject(22, seg(F_ACK).seq(1).ack(1).sack(&[(1449, 5793)]));
     h.expect(22, exp(F_ACK).seq(1).len(1448));
     // The rest of the hole-free window is SACKed up to 5793; a full ACK ends recovery.
