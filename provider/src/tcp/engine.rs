@@ -58,6 +58,8 @@ pub struct TcpEngine {
     listeners: Vec<ListenerSlot>,
     by_local: HashMap<SocketAddr, ListenerId>,
     wheel: TimerWheel<ConnId>,
+    /// Orphans reset because they could not finish in time (DESIGN §7 close observability).
+    orphan_timeouts: u64,
     ctl: VecDeque<Ctl>,
     dirty: VecDeque<ConnId>,
     events: VecDeque<Event>,
@@ -80,6 +82,7 @@ impl TcpEngine {
             listeners: Vec::new(),
             by_local: HashMap::new(),
             wheel: TimerWheel::new(now, TICK, SLOTS),
+            orphan_timeouts: 0,
             ctl: VecDeque::new(),
             dirty: VecDeque::new(),
             events: VecDeque::new(),
@@ -217,6 +220,10 @@ impl TcpEngine {
                 .and_then(|l| listener_mut(&mut self.listeners, l))
             {
                 l.forget(id);
+            }
+            if conn.released && conn.error == Some(TcpError::TimedOut) {
+                // An orphan the engine gave up on (orphan deadline, or retries): it was reset.
+                self.orphan_timeouts += 1;
             }
             self.events.push_back(Event::Closed(id));
         }
@@ -661,6 +668,12 @@ impl TcpEngine {
     /// Connections holding a 4-tuple (every state but CLOSED, TIME_WAIT included).
     pub fn connection_count(&self) -> usize {
         self.by_tuple.len()
+    }
+
+    /// Orphans the engine reset because they did not finish before the orphan deadline (or ran
+    /// out of retries), since the engine started.
+    pub fn orphan_timeouts(&self) -> u64 {
+        self.orphan_timeouts
     }
 
     /// Connections the user closed that the engine is still finishing.
