@@ -315,17 +315,29 @@ impl TcpEngine {
         let local = SocketAddr::new(dst, seg.dst_port);
         let remote = SocketAddr::new(src, seg.src_port);
         if let Some(&id) = self.by_tuple.get(&(local, remote)) {
+            // A new incarnation of a 4-tuple in TIME_WAIT (RFC 6191): the old one gives way
+            // and the listener takes the SYN.
+            let reuse = self
+                .slots
+                .get(id.index as usize)
+                .and_then(|s| s.conn.as_deref())
+                .is_some_and(|c| c.time_wait_accepts_syn(&seg));
+            if reuse && let Some(lid) = self.find_listener(local) {
+                let iss = self.with_conn(now, id, |c, _| c.end_time_wait());
+                self.listener_segment(now, lid, local, remote, &seg, iss);
+                return;
+            }
             self.with_conn(now, id, |c, cx| c.on_segment(cx, &seg));
             return;
         }
         if let Some(lid) = self.find_listener(local) {
-            self.listener_segment(now, lid, local, remote, &seg);
+            self.listener_segment(now, lid, local, remote, &seg, None);
             return;
         }
         self.reply_closed(local, remote, &seg);
     }
 
-    /// RFC 9293 §3.10.7.2 (LISTEN).
+    /// RFC 9293 §3.10.7.2 (LISTEN). `iss` overrides the RFC 6528 ISS (TIME_WAIT reuse).
     fn listener_segment(
         &mut self,
         now: Instant,
@@ -333,6 +345,7 @@ impl TcpEngine {
         local: SocketAddr,
         remote: SocketAddr,
         seg: &SegmentIn<'_>,
+        iss: Option<SeqNum>,
     ) {
         if seg.rst() {
             return;
@@ -352,7 +365,7 @@ impl TcpEngine {
             return;
         }
         let id = self.alloc();
-        let iss = self.isn.isn(now, local, remote);
+        let iss = iss.unwrap_or_else(|| self.isn.isn(now, local, remote));
         let mut cx = Ctx {
             now,
             cfg: &self.cfg,

@@ -595,15 +595,20 @@ impl Conn {
             self.t_delack = None;
             self.ack_now = true;
         }
+        if self.snd.next_deadline().is_some_and(|t| t <= now) && self.state.is_synchronized() {
+            self.snd.on_timer(now);
+            if self.snd.probe_pending() && due(self.t_rto) {
+                // RFC 8985 §7.2: the probe timeout is capped at the RTO; when both expire the
+                // probe goes out instead of the timeout, and the RTO restarts after it.
+                self.t_rto = Some(now + self.rto());
+            }
+        }
         if due(self.t_rto) {
             self.t_rto = None;
             self.on_rto(cx);
             if self.state == TcpState::Closed {
                 return;
             }
-        }
-        if self.snd.next_deadline().is_some_and(|t| t <= now) && self.state.is_synchronized() {
-            self.snd.on_timer(now);
         }
         if due(self.t_persist) {
             self.t_persist = None;

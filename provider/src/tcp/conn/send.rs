@@ -39,6 +39,8 @@ const DUPTHRESH: u32 = 3;
 const WC_DEL_ACK: Duration = Duration::from_millis(200);
 /// Floor of the probe timeout (timer granularity headroom; Linux uses 10 ms as well).
 const MIN_PTO: Duration = Duration::from_millis(10);
+/// Resolution of the timestamp clock (RFC 7323 TSval ticks are milliseconds here).
+const TS_TICK: Duration = Duration::from_millis(1);
 /// RFC 8985 §6.2 step 4: a widened reordering window persists for this many recoveries.
 const REO_WND_PERSIST: u32 = 16;
 
@@ -193,6 +195,9 @@ pub(crate) struct Sender {
     last_send: Instant,
     writable_wanted: bool,
     pub(crate) syn_sent_at: Instant,
+    /// When the retransmission or probe timer last expired: timestamp echoes of segments sent
+    /// before it are not RTT samples.
+    rto_at: Option<Instant>,
     /// FlightSize before the first ACK processed at this instant (see
     /// [`Sender::loss_flight`]).
     batch_flight: (Instant, u32),
@@ -255,6 +260,7 @@ impl Sender {
             last_send: now,
             writable_wanted: false,
             syn_sent_at: now,
+            rto_at: None,
             batch_flight: (now, 0),
             stats: ConnStats::default(),
         }
@@ -570,6 +576,10 @@ impl Sender {
                 nb += 1;
             }
         }
+        // In sequence order, so that RACK sees the newly SACKed segments in the order they were
+        // sent (the receiver lists the most recent block first, RFC 2018 §4).
+        let una = self.una;
+        blocks[..nb].sort_unstable_by_key(|b| b.0.dist(una));
         let blocks = &blocks[..nb];
         let ecr = ts_ecr.filter(|&e| e != 0);
         // For RACK: (xmit, end, rtt) of the most recently sent segment this ACK delivered.
@@ -621,8 +631,16 @@ impl Sender {
             }
             if let Some(ecr) = ecr {
                 let d = now_ts.wrapping_sub(ecr);
-                if d < 1 << 30 {
-                    sample = Some(Duration::from_millis(u64::from(d)));
+                let age = Duration::from_millis(u64::from(d));
+                // An echo of a segment sent before the last timeout measures the timeout, not
+                // the path: the receiver echoes TS.Recent, which an old duplicate does not
+                // update (RFC 7323 §4.3), so after lost ACKs and an RTO the ACK of our
+                // retransmission can carry a TSval from long before it.
+                let before_rto = self
+                    .rto_at
+                    .is_some_and(|r| now.checked_sub(age).is_none_or(|t| t + TS_TICK < r));
+                if d < 1 << 30 && !before_rto {
+                    sample = Some(age);
                 }
             }
             if let Some(s) = sample {
@@ -914,6 +932,7 @@ impl Sender {
     pub(crate) fn on_rto(&mut self, now: Instant) {
         let flight = self.flight();
         self.stats.rto_count += 1;
+        self.rto_at = Some(now);
         self.cc.on_rto(now, flight);
         self.rtt.backoff();
         self.rtt_probe = None;
@@ -952,8 +971,15 @@ impl Sender {
             self.pto = None;
             if self.phase == Phase::Open && self.tlp_end.is_none() && !self.q.is_empty() {
                 self.tlp_due = true;
+                // Like a timeout: ACKs echoing older segments now measure the probe timer.
+                self.rto_at = Some(now);
             }
         }
+    }
+
+    /// The probe timer fired and the probe has not been sent yet.
+    pub(crate) fn probe_pending(&self) -> bool {
+        self.tlp_due
     }
 
     /// (Re)arms the probe timeout (RFC 8985 §7.2) after new data was sent or SND.UNA advanced
