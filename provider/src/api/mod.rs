@@ -65,6 +65,8 @@ use crate::socket::{
 };
 use crate::udp::{DEFAULT_EPHEMERAL, UdpDemux, UdpState};
 
+#[cfg(test)]
+mod close_tests;
 pub mod loopback;
 pub mod stream;
 #[cfg(test)]
