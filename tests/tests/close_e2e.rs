@@ -355,15 +355,16 @@ fn assert_fin_after_last_byte(segs: &[Seg], total: usize) -> Seg {
             fin_seq.wrapping_sub(end) as i32 >= 0,
             "data beyond the FIN: {s:?}"
         );
-        if end == fin_seq && s.ts > first_fin.ts {
-            // A retransmission of the last bytes may follow the FIN; new data may not.
-            assert!(
-                s.fin
-                    || segs
-                        .iter()
-                        .any(|o| o.ts < first_fin.ts && o.by_provider() && o.seq == s.seq)
-            );
-        }
+    }
+    if total > 0 {
+        // The last byte went out no later than the first FIN (in it, or before it).
+        assert!(
+            segs.iter().any(|s| s.by_provider()
+                && s.len > 0
+                && s.seq.wrapping_add(s.len) == fin_seq
+                && s.ts <= first_fin.ts),
+            "the FIN came before the last data byte"
+        );
     }
     assert_checksums(segs);
     first_fin
