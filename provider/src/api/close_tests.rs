@@ -44,6 +44,7 @@ struct GatedDatapath {
     held: Mutex<Vec<Segment>>,
     sent: Mutex<Vec<SentSeg>>,
     stop: AtomicBool,
+    down: AtomicBool,
 }
 
 impl GatedDatapath {
@@ -113,6 +114,9 @@ impl Datapath for GatedDatapath {
         Ok(())
     }
     fn send_ip(&self, src: IpAddr, dst: IpAddr, _proto: u8, l4: &[u8]) -> Result<(), WsaError> {
+        if !self.is_up() {
+            return Err(WSAENETDOWN);
+        }
         let port = |i: usize| u16::from_be_bytes([l4[i], l4[i + 1]]);
         let (sport, dport) = (port(0), port(2));
         lock(&self.sent).push(SentSeg {
@@ -141,7 +145,7 @@ impl Datapath for GatedDatapath {
         1500 - 28
     }
     fn is_up(&self) -> bool {
-        true
+        !self.down.load(Ordering::Relaxed)
     }
 }
 
@@ -347,4 +351,35 @@ fn linger_ack_one_ms_after_the_deadline_is_too_late() {
         !sent.iter().any(|s| s.at >= deadline && s.flags & RST == 0),
         "nothing else after the deadline"
     );
+}
+
+/// WSAENETDOWN comes before the linger rules: with the datapath down, a lingering close (blocking
+/// or not) does not wait for acknowledgements that cannot come — it releases the handle and
+/// says WSAENETDOWN at once (DESIGN §7).
+#[test]
+fn linger_close_with_the_datapath_down_releases_at_once() {
+    for nonblocking in [false, true] {
+        let (p, dp, c, _s, _cport) = lingering_pair(5730 + u16::from(nonblocking));
+        if nonblocking {
+            let mut on = 1;
+            p.wsp_ioctl(c, crate::socket::options::FIONBIO, &mut on)
+                .unwrap();
+        }
+        thread::sleep(Duration::from_millis(20));
+        dp.down.store(true, Ordering::Relaxed);
+        let t = Instant::now();
+        assert_eq!(
+            p.wsp_close_socket(c),
+            Err(WSAENETDOWN),
+            "nonblocking {nonblocking}"
+        );
+        assert!(
+            t.elapsed() < Duration::from_millis(100),
+            "nonblocking {nonblocking}: waited {:?}",
+            t.elapsed()
+        );
+        assert_eq!(p.wsp_close_socket(c), Err(WSAENOTSOCK), "handle released");
+        assert_eq!(p.stats().sockets_open, 1, "only the server side is open");
+        dp.down.store(false, Ordering::Relaxed);
+    }
 }

@@ -805,7 +805,9 @@ impl Provider {
         let nonblocking = st.nonblocking;
         let t = st.tcp()?;
         let (role, send_shut) = (t.role, t.send_shut);
-        let timed_linger = linger.l_onoff != 0 && linger.l_linger > 0;
+        // With the datapath down no acknowledgement can come: WSAENETDOWN comes first, and the
+        // handle is released without waiting (nor WSAEWOULDBLOCK).
+        let timed_linger = linger.l_onoff != 0 && linger.l_linger > 0 && self.datapath.is_up();
         if let (true, true, Role::Connected(id)) = (timed_linger, e.handle_count() <= 1, role) {
             let (unacked, unread) = {
                 let inner = self.tcp_lock();
