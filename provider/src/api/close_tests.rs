@@ -159,14 +159,21 @@ fn tcp(p: &Provider) -> Socket {
     p.wsp_socket(AF_INET, SOCK_STREAM, IPPROTO_TCP).unwrap()
 }
 
-/// (provider, datapath, client, server-side socket, client port).
-fn lingering_pair(port: u16) -> (Arc<Provider>, Arc<GatedDatapath>, Socket, Socket, u16) {
+type Pair = (Arc<Provider>, Arc<GatedDatapath>, Socket, Socket, u16);
+
+fn config() -> ProviderConfig {
     let mut cfg = ProviderConfig::default();
     cfg.tcp.time_wait = Duration::from_millis(100);
     // The RTO stays far above the linger time: no retransmission muddles the picture.
     cfg.tcp.min_rto = Duration::from_secs(5);
     cfg.tcp.initial_rto = Duration::from_secs(5);
     cfg.tcp.max_rto = Duration::from_secs(10);
+    cfg
+}
+
+/// A connected pair whose client (first socket) hears nothing from now on: (provider,
+/// datapath, client, server-side socket, client port).
+fn held_pair(cfg: ProviderConfig, port: u16) -> Pair {
     let (p, dp) = GatedDatapath::provider(cfg);
     let at = SocketAddr::new(LOOPBACK_V4.into(), port);
     let l = tcp(&p);
@@ -181,6 +188,12 @@ fn lingering_pair(port: u16) -> (Arc<Provider>, Arc<GatedDatapath>, Socket, Sock
     p.wsp_close_socket(l).unwrap();
     // From now on nothing reaches the client: its data and FIN stay unacknowledged.
     dp.hold(Some(cport));
+    (p, dp, c, s, cport)
+}
+
+/// `held_pair` with 1000 bytes unacknowledged and SO_LINGER {1, 1} on the client.
+fn lingering_pair(port: u16) -> Pair {
+    let (p, dp, c, s, cport) = held_pair(config(), port);
     assert_eq!(p.wsp_send(c, &[5u8; 1000]), Ok(1000));
     let l = Linger {
         l_onoff: 1,
@@ -382,4 +395,28 @@ fn linger_close_with_the_datapath_down_releases_at_once() {
         assert_eq!(p.stats().sockets_open, 1, "only the server side is open");
         dp.down.store(false, Ordering::Relaxed);
     }
+}
+
+/// A blocking send that is sleeping on a full send buffer — having copied nothing yet — when
+/// another thread closes the socket returns WSAEINTR, like recv and accept (DESIGN §7).
+#[test]
+fn blocking_send_waiting_on_a_full_buffer_is_interrupted_by_close() {
+    let mut cfg = config();
+    cfg.tcp.send_buffer = 16 * 1024;
+    cfg.default_sndbuf = 16 * 1024;
+    let (p, _dp, c, _s, _cport) = held_pair(cfg, 5740);
+    let mut on = 1;
+    p.wsp_ioctl(c, crate::socket::options::FIONBIO, &mut on)
+        .unwrap();
+    let chunk = [1u8; 4096];
+    while p.wsp_send(c, &chunk) != Err(WSAEWOULDBLOCK) {}
+    let mut off = 0;
+    p.wsp_ioctl(c, crate::socket::options::FIONBIO, &mut off)
+        .unwrap();
+    let p2 = p.clone();
+    let sender = thread::spawn(move || p2.wsp_send(c, &chunk));
+    thread::sleep(Duration::from_millis(100));
+    assert!(!sender.is_finished(), "the send blocks on the full buffer");
+    assert_eq!(p.wsp_close_socket(c), Ok(()));
+    assert_eq!(sender.join().unwrap(), Err(WSAEINTR));
 }
