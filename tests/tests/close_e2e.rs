@@ -918,7 +918,7 @@ fn close_in_syn_sent_sends_nothing_and_a_late_syn_ack_gets_rst() {
     assert!(r[0].checksum_ok);
 }
 
-/// Rule — blocking calls pending in other threads return WSAEINTR (recv and accept);
+/// Rule — blocking calls pending in other threads return WSAEINTR (recv, accept, send);
 /// afterwards every call on the handle gives WSAENOTSOCK, close included.
 #[test]
 #[ignore = "needs root and network namespaces"]
@@ -945,6 +945,28 @@ fn pending_blocking_calls_get_wsaeintr_then_every_call_wsaenotsock() {
     assert_eq!(p.wsp_close_socket(l), Ok(()));
     assert_eq!(recv.join().unwrap(), Err(WSAEINTR));
     assert_eq!(accept.join().unwrap(), Err(WSAEINTR));
+    // A blocking send sleeping on a full send buffer (nothing copied yet) too.
+    let (c2, _k2) = connect_pair(&s, 7121, Some(SMALL_RCVBUF));
+    set_nonblocking(&p, c2, true);
+    let chunk = vec![1u8; 64 * 1024];
+    let mut full = 0;
+    while full < 5 {
+        match p.wsp_send(c2, &chunk) {
+            Ok(_) => full = 0,
+            Err(WSAEWOULDBLOCK) => {
+                full += 1;
+                thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    set_nonblocking(&p, c2, false);
+    let p3 = p.clone();
+    let send = thread::spawn(move || p3.wsp_send(c2, &chunk));
+    thread::sleep(Duration::from_millis(200));
+    assert!(!send.is_finished(), "the send blocks on the full buffer");
+    assert_eq!(p.wsp_close_socket(c2), Ok(()));
+    assert_eq!(send.join().unwrap(), Err(WSAEINTR));
     let (_, end) = kernel_drain(&mut k);
     assert!(end.is_ok(), "the connection closed gracefully: {end:?}");
     for h in [c, l] {
