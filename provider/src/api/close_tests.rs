@@ -420,3 +420,23 @@ fn blocking_send_waiting_on_a_full_buffer_is_interrupted_by_close() {
     assert_eq!(p.wsp_close_socket(c), Ok(()));
     assert_eq!(sender.join().unwrap(), Err(WSAEINTR));
 }
+
+/// `duplicate` is "any call": during a blocking linger close in another thread it gets
+/// WSAEINPROGRESS — a handle made then would outlive its socket (WSAENOTSOCK on every call,
+/// close included, so it could never be released).
+#[test]
+fn duplicate_during_a_lingering_close_is_in_progress_and_leaks_nothing() {
+    let (p, dp, c, _s, _cport) = lingering_pair(5750);
+    let (_t0, closer) = spawn_close(&p, c);
+    thread::sleep(Duration::from_millis(100));
+    assert_eq!(p.duplicate(c), Err(WSAEINPROGRESS));
+    let (r, _, _) = closer.join().unwrap();
+    assert_eq!(r, Ok(()));
+    let st = p.stats();
+    assert_eq!(
+        (st.sockets_open, st.handles_open),
+        (1, 1),
+        "only the server side is left"
+    );
+    dp.release(&p);
+}
