@@ -134,3 +134,160 @@ fn in_ns<T: Send + 'static>(path: PathBuf, f: impl FnOnce() -> T + Send + 'stati
     .join()
     .unwrap_or_else(|e| std::panic::resume_unwind(e))
 }
+
+/// Run `f` on a new thread that has entered the lab's peer namespace, without waiting for it.
+pub fn spawn_in_peer<T: Send + 'static>(
+    lab: &Lab,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> std::thread::JoinHandle<T> {
+    let path = lab.peer_ns_path();
+    std::thread::spawn(move || {
+        let _guard = xtask::lab::NsGuard::enter(&path).expect("enter namespace");
+        f()
+    })
+}
+
+/// One captured frame: CLOCK_REALTIME receive timestamp (ns since the epoch) and the bytes.
+#[derive(Clone, Debug)]
+pub struct Frame {
+    pub ts_ns: u64,
+    pub data: Vec<u8>,
+}
+
+/// A `tcpdump -U --immediate-mode -w` capture (immediate mode: without it, frames still in
+/// the ring block when tcpdump is interrupted are lost) on the lab's peer veth, running in the peer namespace. Started
+/// and confirmed running (tcpdump's "listening on" line) before `start` returns; `stop`
+/// interrupts it by its PID and reads the pcap back. The pcap file is deleted on drop.
+pub struct Capture {
+    child: Option<Child>,
+    path: PathBuf,
+}
+
+static CAPTURES: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+impl Capture {
+    /// Capture frames matching the pcap `filter` (e.g. `"tcp"`) on `lab.peer_if`, with
+    /// nanosecond timestamps.
+    pub fn start(lab: &Lab, filter: &str) -> Result<Self> {
+        let n = CAPTURES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path = std::env::temp_dir().join(format!("{}-cap{n}.pcap", lab.name));
+        let _ = std::fs::remove_file(&path);
+        let mut cmd = lab.peer_cmd("tcpdump");
+        cmd.args([
+            "-i",
+            &lab.peer_if,
+            "-U",
+            "--immediate-mode",
+            "-nn",
+            "-Z",
+            "root",
+        ])
+        .args(["--time-stamp-precision=nano", "-w"])
+        .arg(&path)
+        .args(filter.split_whitespace())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+        let mut child = cmd.spawn().context("spawn tcpdump")?;
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let _ = tx.send(line);
+            }
+        });
+        let mut me = Capture {
+            child: Some(child),
+            path,
+        };
+        loop {
+            match rx.recv_timeout(Duration::from_secs(10)) {
+                Ok(line) if line.contains("listening on") => break,
+                Ok(_) => continue,
+                Err(_) => {
+                    me.kill();
+                    bail!("tcpdump did not start listening");
+                }
+            }
+        }
+        Ok(me)
+    }
+
+    /// SIGINT tcpdump (it flushes and exits), then parse the pcap.
+    pub fn stop(mut self) -> Result<Vec<Frame>> {
+        // Let frames in flight reach the tap first.
+        std::thread::sleep(Duration::from_millis(50));
+        let mut c = self.child.take().context("capture not running")?;
+        let status = std::process::Command::new("kill")
+            .arg("-INT")
+            .arg(c.id().to_string())
+            .status()?;
+        if !status.success() {
+            bail!("kill -INT tcpdump failed");
+        }
+        c.wait()?;
+        read_pcap(&std::fs::read(&self.path).context("read pcap")?)
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        self.kill();
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// Parse a classic pcap file (micro- or nanosecond, either byte order).
+pub fn read_pcap(b: &[u8]) -> Result<Vec<Frame>> {
+    if b.len() < 24 {
+        bail!("pcap too short ({} bytes)", b.len());
+    }
+    let magic = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
+    let (le, nano) = match magic {
+        0xa1b2_c3d4 => (true, false),
+        0xa1b2_3c4d => (true, true),
+        0xd4c3_b2a1 => (false, false),
+        0x4d3c_b2a1 => (false, true),
+        m => bail!("not a pcap file (magic {m:#x})"),
+    };
+    let u32_at = |i: usize| {
+        let a = [b[i], b[i + 1], b[i + 2], b[i + 3]];
+        if le {
+            u32::from_le_bytes(a)
+        } else {
+            u32::from_be_bytes(a)
+        }
+    };
+    let mut frames = Vec::new();
+    let mut i = 24;
+    while i + 16 <= b.len() {
+        let (sec, frac, caplen) = (u32_at(i) as u64, u32_at(i + 4) as u64, u32_at(i + 8));
+        let start = i + 16;
+        let end = start + caplen as usize;
+        if end > b.len() {
+            break;
+        }
+        let ts_ns = sec * 1_000_000_000 + if nano { frac } else { frac * 1000 };
+        frames.push(Frame {
+            ts_ns,
+            data: b[start..end].to_vec(),
+        });
+        i = end;
+    }
+    Ok(frames)
+}
+
+/// CLOCK_REALTIME now, in ns since the epoch (the clock capture timestamps use).
+pub fn realtime_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}

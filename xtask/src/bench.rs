@@ -6,6 +6,8 @@
 //!   `BPF_PROG_TEST_RUN` repeat mode) against a bare `XDP_PASS` program in the same run.
 //! - `udp-rx`: UDP receive rate of a kernel socket vs the provider in the same lab, same
 //!   generator, pinned CPUs (sink on CPU 0, generator on CPU 1).
+//! - `close`: WSPCloseSocket vs kernel close(2) — hard-close RST latency on the wire, graceful
+//!   close of a 1 MiB backlog, closes per second (`bench_close.rs`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -20,8 +22,12 @@ use crate::proc::{self, Proc};
 use crate::provider_bin;
 use crate::stats::u64_at;
 
+#[path = "bench_close.rs"]
+mod close_bench;
+pub use close_bench::{CloseOptions, HARD_CLOSE_P50_MAX_NS, close};
+
 /// Known benchmark names, for the error on an unknown one.
-pub const NAMES: &[&str] = &["xdp", "udp-rx"];
+pub const NAMES: &[&str] = &["xdp", "udp-rx", "close"];
 
 /// Target ratios from the issue (reported, not enforced).
 pub const XDP_STEER_MAX_RATIO: f64 = 1.5;
@@ -376,6 +382,6 @@ mod tests {
         .collect();
         // Generator ran from 100 ms to 1100 ms: 250..1000 inside, first and last dropped.
         assert_eq!(window(&lines, at(100), at(1100)), vec![20.0, 30.0]);
-        assert!(unknown("nope").to_string().contains("xdp, udp-rx"));
+        assert!(unknown("nope").to_string().contains("xdp, udp-rx, close"));
     }
 }

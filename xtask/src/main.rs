@@ -40,7 +40,7 @@ enum Cmd {
     /// Run `target/release/provider <args…>` on a real NIC (after setup and a release build),
     /// e.g. `cargo xtask run -- echo --iface eth1 --udp 7`.
     Run(Rest),
-    /// Benchmark the provider against the kernel (xdp, udp-rx); results in bench-results/.
+    /// Benchmark the provider against the kernel (xdp, udp-rx, close); results in bench-results/.
     Bench {
         #[command(subcommand)]
         which: BenchCmd,
@@ -84,6 +84,22 @@ enum BenchCmd {
         /// UDP payload bytes (18: 60-byte IPv4 frames, the packet-rate case).
         #[arg(long, default_value_t = 18)]
         size: usize,
+    },
+    /// WSPCloseSocket vs kernel close(2): hard-close → RST latency, graceful close of a
+    /// backlog, closes per second.
+    Close {
+        /// Hard closes timed one by one (RST latency percentiles).
+        #[arg(long, default_value_t = 1000)]
+        closes: usize,
+        /// Connections established, then closed back to back, per mode.
+        #[arg(long, default_value_t = 10_000)]
+        conns: usize,
+        /// Graceful closes of a backlog timed.
+        #[arg(long, default_value_t = 20)]
+        backlog_reps: usize,
+        /// Backlog bytes sent right before each graceful close.
+        #[arg(long, default_value_t = 1 << 20)]
+        backlog_bytes: usize,
     },
     #[command(external_subcommand)]
     Other(Vec<String>),
@@ -192,6 +208,17 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode> {
         Cmd::Bench { which } => match which {
             BenchCmd::Xdp { repeat, rounds } => xtask::bench::xdp(repeat, rounds)?,
             BenchCmd::UdpRx { seconds, size } => xtask::bench::udp_rx(seconds, size)?,
+            BenchCmd::Close {
+                closes,
+                conns,
+                backlog_reps,
+                backlog_bytes,
+            } => xtask::bench::close(&xtask::bench::CloseOptions {
+                closes,
+                conns,
+                backlog_reps,
+                backlog_bytes,
+            })?,
             BenchCmd::Other(args) => {
                 return Err(xtask::bench::unknown(
                     args.first().map_or("", String::as_str),

@@ -65,6 +65,8 @@ use crate::socket::{
 };
 use crate::udp::{DEFAULT_EPHEMERAL, UdpDemux, UdpState};
 
+#[cfg(test)]
+mod close_tests;
 pub mod loopback;
 pub mod stream;
 #[cfg(test)]
@@ -533,6 +535,10 @@ impl Provider {
     /// A second handle to the same socket (WSPDuplicateSocket within the process). The socket is
     /// released when its last handle is closed.
     pub fn duplicate(&self, s: Socket) -> WspResult<Socket> {
+        // Held across the insert: a blocking linger close in progress gives WSAEINPROGRESS, one
+        // starting later sees the second handle (DESIGN §7).
+        let e = self.table.get(s)?;
+        let _st = e.lock_open()?;
         self.table.duplicate(s)
     }
 

@@ -629,9 +629,13 @@ impl Provider {
             return Err(WsaError::WSAEOPNOTSUPP);
         }
         let mut done = 0;
+        // A send that slept on a full buffer was pending even if it had copied nothing yet.
+        let mut waited = false;
         loop {
             let seen = e.signal.generation();
-            let mut st = e.lock_open().map_err(|err| interrupted(err, done > 0))?;
+            let mut st = e
+                .lock_open()
+                .map_err(|err| interrupted(err, waited || done > 0))?;
             let id = self.connected(&mut st)?;
             if st.tcp()?.send_shut {
                 return Err(WsaError::WSAESHUTDOWN);
@@ -653,6 +657,7 @@ impl Provider {
             drop(st);
             if n == 0 {
                 e.signal.wait(seen, None);
+                waited = true;
             }
         }
     }
@@ -805,7 +810,9 @@ impl Provider {
         let nonblocking = st.nonblocking;
         let t = st.tcp()?;
         let (role, send_shut) = (t.role, t.send_shut);
-        let timed_linger = linger.l_onoff != 0 && linger.l_linger > 0;
+        // With the datapath down no acknowledgement can come: WSAENETDOWN comes first, and the
+        // handle is released without waiting (nor WSAEWOULDBLOCK).
+        let timed_linger = linger.l_onoff != 0 && linger.l_linger > 0 && self.datapath.is_up();
         if let (true, true, Role::Connected(id)) = (timed_linger, e.handle_count() <= 1, role) {
             let (unacked, unread) = {
                 let inner = self.tcp_lock();

@@ -1,4 +1,5 @@
 //! The `provider` binary's subcommands.
+mod bench_close;
 mod cat;
 mod mmsg;
 mod script;
@@ -54,6 +55,12 @@ enum Command {
     SockperfServer(sockperf::SockperfArgs),
     /// Run WSP calls from a file or stdin, one per line; print each result as a JSON line.
     Script(script::ScriptArgs),
+    /// Benchmark (run by `cargo xtask bench close`): hard-close RST latency, graceful close of
+    /// a backlog, closes per second — kernel sockets, then provider sockets, kernel peers.
+    BenchClose(bench_close::BenchCloseArgs),
+    /// Kernel clients for `bench-close`, in their own process (internal).
+    #[command(hide = true)]
+    BenchClosePeer(bench_close::BenchClosePeerArgs),
 }
 
 /// Datapath settings every subcommand shares.
@@ -203,6 +210,8 @@ pub fn run() {
         Command::Cat(args) => cat::cat(args),
         Command::SockperfServer(args) => sockperf::sockperf_server(args),
         Command::Script(args) => script::script(args),
+        Command::BenchClose(args) => bench_close::bench_close(args),
+        Command::BenchClosePeer(args) => bench_close::bench_close_peer(args),
     };
     if let Err(err) = result {
         eprintln!("provider: {err}");
