@@ -821,8 +821,10 @@ impl Provider {
                     inner.engine.recv_available(id),
                 )
             };
-            // Unread data means a reset whatever the linger: nothing to wait for.
-            if unread == 0 && unacked > 0 {
+            // Unread data means a reset whatever the linger: nothing to wait for. A blocking
+            // close always waits for the FIN's acknowledgement too (DESIGN §7); a nonblocking
+            // one only refuses while sent data is unacknowledged.
+            if unread == 0 && (unacked > 0 || !nonblocking) {
                 if nonblocking {
                     if !send_shut {
                         return Err(WsaError::WSAEWOULDBLOCK);
