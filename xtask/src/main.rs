@@ -40,7 +40,7 @@ enum Cmd {
     /// Run `target/release/provider <args…>` on a real NIC (after setup and a release build),
     /// e.g. `cargo xtask run -- echo --iface eth1 --udp 7`.
     Run(Rest),
-    /// Benchmark the provider against the kernel (xdp, udp-rx); results in bench-results/.
+    /// Benchmark the provider against the kernel (xdp, udp-rx, tcp); results in bench-results/.
     Bench {
         #[command(subcommand)]
         which: BenchCmd,
@@ -84,6 +84,22 @@ enum BenchCmd {
         /// UDP payload bytes (18: 60-byte IPv4 frames, the packet-rate case).
         #[arg(long, default_value_t = 18)]
         size: usize,
+    },
+    /// TCP: sockperf latency / message rate, bulk Gb/s each way, connections/s — kernel vs
+    /// provider, same lab, same kernel-stack clients, pinned CPUs.
+    Tcp {
+        /// Seconds per sockperf run and per connection-rate run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Bytes per bulk run (each direction, each stack).
+        #[arg(long, default_value_t = 2 << 30)]
+        bytes: u64,
+        /// Connections in flight in the connect/close loop.
+        #[arg(long, default_value_t = 8)]
+        parallel: usize,
+        /// Record the provider processes with `perf record -g` (bench-results/perf/).
+        #[arg(long)]
+        perf: bool,
     },
     #[command(external_subcommand)]
     Other(Vec<String>),
@@ -192,6 +208,17 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode> {
         Cmd::Bench { which } => match which {
             BenchCmd::Xdp { repeat, rounds } => xtask::bench::xdp(repeat, rounds)?,
             BenchCmd::UdpRx { seconds, size } => xtask::bench::udp_rx(seconds, size)?,
+            BenchCmd::Tcp {
+                seconds,
+                bytes,
+                parallel,
+                perf,
+            } => xtask::bench_tcp::tcp(&xtask::bench_tcp::TcpBenchOptions {
+                seconds,
+                bytes,
+                parallel,
+                perf,
+            })?,
             BenchCmd::Other(args) => {
                 return Err(xtask::bench::unknown(
                     args.first().map_or("", String::as_str),
