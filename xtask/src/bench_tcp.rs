@@ -57,6 +57,8 @@ pub struct TcpBenchOptions {
     pub bytes: u64,
     /// Connections in flight in the connect loop.
     pub parallel: usize,
+    /// Rounds; each metric is the median over rounds, kernel and provider alternating.
+    pub rounds: u32,
     /// Record every provider-side provider process with `perf record -g`.
     pub perf: bool,
 }
@@ -67,6 +69,7 @@ impl Default for TcpBenchOptions {
             seconds: 5,
             bytes: 2 << 30,
             parallel: 8,
+            rounds: 3,
             perf: false,
         }
     }
@@ -126,20 +129,43 @@ impl Target {
     }
 }
 
-/// One line of the table.
+/// Median of the runs that succeeded; if none did, the first failure.
+pub fn aggregate(runs: &[Measured]) -> Measured {
+    let ok: Vec<f64> = runs
+        .iter()
+        .filter_map(|m| m.as_ref().ok().copied())
+        .collect();
+    if ok.is_empty() {
+        return Err(runs
+            .iter()
+            .find_map(|m| m.as_ref().err().cloned())
+            .unwrap_or_else(|| "not run".into()));
+    }
+    Ok(crate::bench::median(&ok))
+}
+
+/// One line of the table: every round's measurement for both stacks.
 #[derive(Debug, Clone)]
 pub struct Row {
     pub metric: String,
     pub unit: &'static str,
-    pub kernel: Measured,
-    pub provider: Measured,
+    pub kernel_runs: Vec<Measured>,
+    pub provider_runs: Vec<Measured>,
     pub target: Target,
 }
 
 impl Row {
+    pub fn kernel(&self) -> Measured {
+        aggregate(&self.kernel_runs)
+    }
+
+    pub fn provider(&self) -> Measured {
+        aggregate(&self.provider_runs)
+    }
+
     pub fn ratio(&self) -> f64 {
-        match (&self.kernel, &self.provider) {
-            (Ok(k), Ok(p)) if *k > 0.0 => p / k,
+        match (self.kernel(), self.provider()) {
+            (Ok(k), Ok(p)) if k > 0.0 => p / k,
             _ => f64::NAN,
         }
     }
@@ -151,12 +177,19 @@ impl Row {
 
     fn json(&self) -> Value {
         let v = |m: &Measured| m.as_ref().ok().copied();
-        let e = |m: &Measured| m.as_ref().err().cloned();
+        let runs = |r: &[Measured]| -> Vec<Value> {
+            r.iter()
+                .map(|m| match m {
+                    Ok(x) => json!(x),
+                    Err(e) => json!({ "error": e }),
+                })
+                .collect()
+        };
         let ratio = self.ratio();
         json!({
             "metric": self.metric, "unit": self.unit,
-            "kernel": v(&self.kernel), "provider": v(&self.provider),
-            "kernel_error": e(&self.kernel), "provider_error": e(&self.provider),
+            "kernel": v(&self.kernel()), "provider": v(&self.provider()),
+            "kernel_runs": runs(&self.kernel_runs), "provider_runs": runs(&self.provider_runs),
             "ratio": ratio.is_finite().then_some(ratio),
             "target": self.target.text(), "met": self.met(),
         })
@@ -403,8 +436,8 @@ fn sockperf_all_failed(why: &str) -> SockperfRuns {
     }
 }
 
-fn sockperf_runs(r: &Runner, stack: Stack, seconds: u64) -> SockperfRuns {
-    match sockperf_runs_inner(r, stack, seconds) {
+fn sockperf_runs(r: &Runner, stack: Stack, seconds: u64, round: u16) -> SockperfRuns {
+    match sockperf_runs_inner(r, stack, seconds, round) {
         Ok(runs) => runs,
         Err(e) => sockperf_all_failed(&format!("{e:#}")),
     }
@@ -421,7 +454,7 @@ fn has_sockperf_server(bin: &std::path::Path) -> bool {
         .is_ok_and(|s| s.success())
 }
 
-fn sockperf_runs_inner(r: &Runner, stack: Stack, seconds: u64) -> Result<SockperfRuns> {
+fn sockperf_runs_inner(r: &Runner, stack: Stack, seconds: u64, round: u16) -> Result<SockperfRuns> {
     let lab = r.lab;
     if stack == Stack::Provider && !has_sockperf_server(&r.bin) {
         bail!(
@@ -433,6 +466,7 @@ fn sockperf_runs_inner(r: &Runner, stack: Stack, seconds: u64) -> Result<Sockper
         Stack::Kernel => (PORT_SOCKPERF_KERNEL, "sockperf server (kernel)"),
         Stack::Provider => (PORT_SOCKPERF_PROVIDER, "provider sockperf-server"),
     };
+    let port = port + 10 * round;
     let port_s = port.to_string();
     let mut server = match stack {
         Stack::Kernel => {
@@ -447,7 +481,7 @@ fn sockperf_runs_inner(r: &Runner, stack: Stack, seconds: u64) -> Result<Sockper
             let mut p = Proc::spawn(
                 name,
                 &mut r.provider_side(
-                    "sockperf",
+                    &format!("sockperf-r{round}"),
                     stack,
                     &[
                         "sockperf-server",
@@ -555,9 +589,10 @@ fn bulk_inner(
     // Generous: 30 s plus the transfer at 25 MB/s.
     let timeout = Duration::from_secs(30 + bytes / 25_000_000);
     let label = match dir {
-        Direction::PeerToServer => "bulk-rx",
-        Direction::ServerToPeer => "bulk-tx",
+        Direction::PeerToServer => format!("bulk-rx-{port}"),
+        Direction::ServerToPeer => format!("bulk-tx-{port}"),
     };
+    let label = label.as_str();
     let (mut sink, mut source_cmd, sink_name) = match dir {
         Direction::PeerToServer => {
             let args: Vec<&str> = match stack {
@@ -681,8 +716,14 @@ fn tune_peer_for_connect_loop(lab: &Lab) -> Result<()> {
     Ok(())
 }
 
-fn connect_rate(r: &Runner, stack: Stack, seconds: u64, parallel: usize) -> (Measured, Value) {
-    match connect_rate_inner(r, stack, seconds, parallel) {
+fn connect_rate(
+    r: &Runner,
+    stack: Stack,
+    seconds: u64,
+    parallel: usize,
+    round: u16,
+) -> (Measured, Value) {
+    match connect_rate_inner(r, stack, seconds, parallel, round) {
         Ok((cps, raw)) => (Ok(cps), raw),
         Err(e) => {
             let why = format!("{e:#}");
@@ -696,12 +737,14 @@ fn connect_rate_inner(
     stack: Stack,
     seconds: u64,
     parallel: usize,
+    round: u16,
 ) -> Result<(f64, Value)> {
     let lab = r.lab;
-    let port = match stack {
-        Stack::Kernel => PORT_CPS_KERNEL,
-        Stack::Provider => PORT_CPS_PROVIDER,
-    };
+    let port = 10 * round
+        + match stack {
+            Stack::Kernel => PORT_CPS_KERNEL,
+            Stack::Provider => PORT_CPS_PROVIDER,
+        };
     let port_s = port.to_string();
     let args: Vec<&str> = match stack {
         Stack::Kernel => vec!["kernel-accept-close", "--port", &port_s],
@@ -709,7 +752,7 @@ fn connect_rate_inner(
     };
     let mut server = Proc::spawn(
         &format!("{} accept-close", stack.name()),
-        &mut r.provider_side("accept-close", stack, &args),
+        &mut r.provider_side(&format!("accept-close-r{round}"), stack, &args),
     )?;
     server.wait_ready(Duration::from_secs(30))?;
     if stack == Stack::Provider {
@@ -758,14 +801,76 @@ fn connect_rate_inner(
 
 // ------------------------------------------------------------------ the bench
 
-/// `cargo xtask bench tcp [--seconds S] [--bytes N] [--parallel K] [--perf]`.
+/// Metric rows in table order.
+const PP_P50: usize = 0;
+const PP_P99: usize = 1;
+const PP_P999: usize = 2;
+const TP_64: usize = 3;
+const TP_1400: usize = 4;
+const BULK_RX: usize = 5;
+const BULK_TX: usize = 6;
+const CPS: usize = 7;
+
+fn empty_rows(bytes: u64, parallel: usize) -> Vec<Row> {
+    let row = |metric: String, unit, target| Row {
+        metric,
+        unit,
+        kernel_runs: Vec::new(),
+        provider_runs: Vec::new(),
+        target,
+    };
+    let mib = bytes >> 20;
+    vec![
+        row(
+            "ping-pong 64 B RTT p50".into(),
+            "µs",
+            Target::AtMost(P50_MAX_RATIO),
+        ),
+        row("ping-pong 64 B RTT p99".into(), "µs", Target::None),
+        row("ping-pong 64 B RTT p99.9".into(), "µs", Target::None),
+        row(
+            "throughput 64 B message rate".into(),
+            "msg/s",
+            Target::AtLeast(MSG_RATE_MIN_RATIO),
+        ),
+        row(
+            "throughput 1400 B message rate".into(),
+            "msg/s",
+            Target::AtLeast(MSG_RATE_MIN_RATIO),
+        ),
+        row(
+            format!("bulk peer → server ({mib} MiB)"),
+            "Gb/s",
+            Target::AtLeast(BULK_MIN_RATIO),
+        ),
+        row(
+            format!("bulk server → peer ({mib} MiB)"),
+            "Gb/s",
+            Target::AtLeast(BULK_MIN_RATIO),
+        ),
+        row(
+            format!("connections/s (connect+close, ×{parallel})"),
+            "conn/s",
+            Target::AtLeast(CPS_MIN_RATIO),
+        ),
+    ]
+}
+
+fn push(rows: &mut [Row], i: usize, stack: Stack, m: Measured) {
+    match stack {
+        Stack::Kernel => rows[i].kernel_runs.push(m),
+        Stack::Provider => rows[i].provider_runs.push(m),
+    }
+}
+
+/// `cargo xtask bench tcp [--seconds S] [--bytes N] [--parallel K] [--rounds R] [--perf]`.
 pub fn tcp(opts: &TcpBenchOptions) -> Result<()> {
     provider_bin::require_root("bench tcp")?;
     if opts.seconds < 1 {
         bail!("--seconds must be at least 1");
     }
-    if opts.bytes == 0 || opts.parallel == 0 {
-        bail!("--bytes and --parallel must be positive");
+    if opts.bytes == 0 || opts.parallel == 0 || opts.rounds == 0 || opts.rounds > 50 {
+        bail!("--bytes and --parallel must be positive, --rounds 1..=50");
     }
     if crate::cmd::which("sockperf").is_none() {
         bail!("sockperf is not installed (`cargo xtask setup` installs it)");
@@ -790,118 +895,89 @@ pub fn tcp(opts: &TcpBenchOptions) -> Result<()> {
         perf_dir,
     };
     let (s, n, k) = (opts.seconds, opts.bytes, opts.parallel);
-
-    eprintln!("==> 1/3 sockperf, {s} s per run: kernel server");
-    let ks = sockperf_runs(&r, Stack::Kernel, s);
-    settle()?;
-    eprintln!("==> 1/3 sockperf, {s} s per run: provider server");
-    let ps = sockperf_runs(&r, Stack::Provider, s);
-    settle()?;
-
-    let mut bulk_raw = serde_json::Map::new();
-    let mut bulk_rows = Vec::new();
-    let mut port = PORT_BULK;
-    for (dir, what) in [
-        (Direction::PeerToServer, "bulk peer → server"),
-        (Direction::ServerToPeer, "bulk server → peer"),
-    ] {
-        let mut m = |stack: Stack| {
-            eprintln!("==> 2/3 {what}, {} MiB, {} server", n >> 20, stack.name());
-            port += 1;
-            let (v, raw) = bulk(&r, stack, dir, n, port);
-            bulk_raw.insert(format!("{what} / {}", stack.name()), raw);
-            v
+    tune_peer_for_connect_loop(&lab)?;
+    let mut rows = empty_rows(n, k);
+    let mut raw_rounds = Vec::new();
+    let mut bulk_port = PORT_BULK;
+    for round in 0..opts.rounds as u16 {
+        // Alternate which stack goes first, so a drift in the machine's load hits both alike.
+        let order = if round % 2 == 0 {
+            [Stack::Kernel, Stack::Provider]
+        } else {
+            [Stack::Provider, Stack::Kernel]
         };
-        let kernel = m(Stack::Kernel);
-        settle()?;
-        let provider = m(Stack::Provider);
-        settle()?;
-        bulk_rows.push(Row {
-            metric: format!("{what} ({} MiB)", n >> 20),
-            unit: "Gb/s",
-            kernel,
-            provider,
-            target: Target::AtLeast(BULK_MIN_RATIO),
-        });
+        let tag = format!("round {}/{}", round + 1, opts.rounds);
+        let mut raw = serde_json::Map::new();
+        for stack in order {
+            eprintln!(
+                "==> {tag}: sockperf, {s} s per run, {} server",
+                stack.name()
+            );
+            let runs = sockperf_runs(&r, stack, s, round);
+            let pp = |f: fn(&PingPong) -> f64| -> Measured {
+                runs.ping_pong.as_ref().map(f).map_err(Clone::clone)
+            };
+            push(&mut rows, PP_P50, stack, pp(|p| p.p50));
+            push(&mut rows, PP_P99, stack, pp(|p| p.p99));
+            push(&mut rows, PP_P999, stack, pp(|p| p.p999));
+            push(&mut rows, TP_64, stack, runs.tp64.clone());
+            push(&mut rows, TP_1400, stack, runs.tp1400.clone());
+            raw.insert(
+                format!("sockperf/{}", stack.name()),
+                json!({ "ping_pong": runs.ping_pong.as_ref().ok(), "runs": runs.raw }),
+            );
+            settle()?;
+        }
+        for (dir, i, what) in [
+            (Direction::PeerToServer, BULK_RX, "bulk peer → server"),
+            (Direction::ServerToPeer, BULK_TX, "bulk server → peer"),
+        ] {
+            for stack in order {
+                eprintln!(
+                    "==> {tag}: {what}, {} MiB, {} server",
+                    n >> 20,
+                    stack.name()
+                );
+                bulk_port += 1;
+                let (v, b) = bulk(&r, stack, dir, n, bulk_port);
+                push(&mut rows, i, stack, v);
+                raw.insert(format!("{what}/{}", stack.name()), b);
+                settle()?;
+            }
+        }
+        for stack in order {
+            eprintln!(
+                "==> {tag}: connections/s, {s} s, {k} in flight, {} server",
+                stack.name()
+            );
+            let (v, c) = connect_rate(&r, stack, s, k, round);
+            push(&mut rows, CPS, stack, v);
+            raw.insert(format!("connections/{}", stack.name()), c);
+            settle()?;
+        }
+        raw_rounds.push(Value::Object(raw));
     }
 
-    eprintln!("==> 3/3 connections/s, {s} s, {k} connections in flight: kernel server");
-    tune_peer_for_connect_loop(&lab)?;
-    let (kc, kc_raw) = connect_rate(&r, Stack::Kernel, s, k);
-    settle()?;
-    eprintln!("==> 3/3 connections/s, {s} s, {k} connections in flight: provider server");
-    let (pc, pc_raw) = connect_rate(&r, Stack::Provider, s, k);
-
-    let pp = |runs: &SockperfRuns, f: fn(&PingPong) -> f64| -> Measured {
-        runs.ping_pong.as_ref().map(f).map_err(Clone::clone)
-    };
-    let mut rows = vec![
-        Row {
-            metric: "ping-pong 64 B RTT p50".into(),
-            unit: "µs",
-            kernel: pp(&ks, |p| p.p50),
-            provider: pp(&ps, |p| p.p50),
-            target: Target::AtMost(P50_MAX_RATIO),
-        },
-        Row {
-            metric: "ping-pong 64 B RTT p99".into(),
-            unit: "µs",
-            kernel: pp(&ks, |p| p.p99),
-            provider: pp(&ps, |p| p.p99),
-            target: Target::None,
-        },
-        Row {
-            metric: "ping-pong 64 B RTT p99.9".into(),
-            unit: "µs",
-            kernel: pp(&ks, |p| p.p999),
-            provider: pp(&ps, |p| p.p999),
-            target: Target::None,
-        },
-        Row {
-            metric: "throughput 64 B message rate".into(),
-            unit: "msg/s",
-            kernel: ks.tp64.clone(),
-            provider: ps.tp64.clone(),
-            target: Target::AtLeast(MSG_RATE_MIN_RATIO),
-        },
-        Row {
-            metric: "throughput 1400 B message rate".into(),
-            unit: "msg/s",
-            kernel: ks.tp1400.clone(),
-            provider: ps.tp1400.clone(),
-            target: Target::AtLeast(MSG_RATE_MIN_RATIO),
-        },
-    ];
-    rows.extend(bulk_rows);
-    rows.push(Row {
-        metric: format!("connections/s (connect+close, ×{k})"),
-        unit: "conn/s",
-        kernel: kc,
-        provider: pc,
-        target: Target::AtLeast(CPS_MIN_RATIO),
-    });
-
     println!(
-        "\nTCP, lab {} (veth, 1 queue, MTU {}), server side on CPU {SERVER_CPU}, kernel-stack clients in the peer on CPU {CLIENT_CPU}; {s} s per sockperf / connect run, {} MiB per bulk run",
+        "\nTCP, lab {} (veth, 1 queue, MTU {}), server side on CPU {SERVER_CPU}, kernel-stack clients in the peer on CPU {CLIENT_CPU}; {s} s per sockperf / connect run, {} MiB per bulk run, median of {} round(s)",
         lab.name,
         lab.mtu,
-        n >> 20
+        n >> 20,
+        opts.rounds
     );
     print!("{}", render_table(&rows));
-    let notes = failure_notes(&rows);
-    for (i, note) in notes.iter().enumerate() {
+    for (i, note) in failure_notes(&rows).iter().enumerate() {
         println!("  [{}] {note}", i + 1);
     }
     println!(
-        "  (ratio = provider / kernel; RTT from `sockperf ping-pong --full-rtt`; message rate is the sockperf client's send rate; bulk = the sink's bytes/(accept → EOF); connections/s counted by the client, which closes first — TIME_WAIT stays on the kernel peer)"
+        "  (ratio = provider / kernel; RTT from `sockperf ping-pong --full-rtt`; message rate is the sockperf client's send rate (its throughput mode keeps Nagle on); bulk = the sink's bytes / (accept → EOF); connections/s counted by the client, which closes first — TIME_WAIT stays on the kernel peer)"
     );
     if let Some(d) = &r.perf_dir {
         println!(
-            "  perf recordings of the provider processes: {}",
+            "  perf recordings of the provider processes: {}/tcp-*.data",
             d.display()
         );
     }
-
     let result = json!({
         "bench": "tcp",
         "unix_time": unix_now(),
@@ -909,18 +985,12 @@ pub fn tcp(opts: &TcpBenchOptions) -> Result<()> {
         "seconds": s,
         "bulk_bytes": n,
         "parallel": k,
+        "rounds": opts.rounds,
         "server_cpu": SERVER_CPU,
         "client_cpu": CLIENT_CPU,
         "perf": opts.perf,
         "rows": rows.iter().map(Row::json).collect::<Vec<_>>(),
-        "raw": {
-            "sockperf": {
-                "kernel": { "ping_pong": ks.ping_pong.as_ref().ok(), "runs": ks.raw },
-                "provider": { "ping_pong": ps.ping_pong.as_ref().ok(), "runs": ps.raw },
-            },
-            "bulk": bulk_raw,
-            "connections": { "kernel": kc_raw, "provider": pc_raw },
-        },
+        "raw": raw_rounds,
     });
     write_result("tcp", &result)?;
     lab.down()
@@ -938,7 +1008,7 @@ fn fmt_value(v: f64, unit: &str) -> String {
 fn distinct_failures(rows: &[Row]) -> Vec<String> {
     let mut notes: Vec<String> = Vec::new();
     for row in rows {
-        for m in [&row.kernel, &row.provider] {
+        for m in row.kernel_runs.iter().chain(&row.provider_runs) {
             if let Err(e) = m
                 && !notes.contains(e)
             {
@@ -949,23 +1019,30 @@ fn distinct_failures(rows: &[Row]) -> Vec<String> {
     notes
 }
 
-/// The table: one row per metric; a failed measurement shows the number of its note.
+/// The table: one row per metric. A cell is the median of the runs that worked, followed by
+/// the note numbers of runs that failed; `FAILED[n]` if none worked.
 pub fn render_table(rows: &[Row]) -> String {
     use std::fmt::Write as _;
     let notes = distinct_failures(rows);
+    let note_refs = |runs: &[Measured]| -> String {
+        let mut ids: Vec<usize> = runs
+            .iter()
+            .filter_map(|m| m.as_ref().err())
+            .filter_map(|e| notes.iter().position(|x| x == e).map(|i| i + 1))
+            .collect();
+        ids.dedup();
+        ids.iter().map(|i| format!("[{i}]")).collect()
+    };
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "  {:<42} {:>7} {:>12} {:>12} {:>8} {:>8}  {}",
+        "  {:<42} {:>7} {:>14} {:>14} {:>8} {:>8}  {}",
         "metric", "unit", "kernel", "provider", "ratio", "target", "result"
     );
     for row in rows {
-        let cell = |m: &Measured| match m {
-            Ok(v) => fmt_value(*v, row.unit),
-            Err(e) => {
-                let n = notes.iter().position(|x| x == e).map_or(0, |i| i + 1);
-                format!("FAILED[{n}]")
-            }
+        let cell = |runs: &[Measured]| match aggregate(runs) {
+            Ok(v) => format!("{}{}", fmt_value(v, row.unit), note_refs(runs)),
+            Err(_) => format!("FAILED{}", note_refs(runs)),
         };
         let ratio = row.ratio();
         let ratio = if ratio.is_finite() {
@@ -980,11 +1057,11 @@ pub fn render_table(rows: &[Row]) -> String {
         };
         let _ = writeln!(
             out,
-            "  {:<42} {:>7} {:>12} {:>12} {:>8} {:>8}  {}",
+            "  {:<42} {:>7} {:>14} {:>14} {:>8} {:>8}  {}",
             row.metric,
             row.unit,
-            cell(&row.kernel),
-            cell(&row.provider),
+            cell(&row.kernel_runs),
+            cell(&row.provider_runs),
             ratio,
             row.target.text(),
             result
@@ -1067,52 +1144,48 @@ sockperf: Summary: BandWidth is 36.011 MBps (288.090 Mbps)
         assert_eq!(strip_ansi("a\u{1b}[2;35mb\u{1b}[0mc"), "abc");
     }
 
+    fn row(metric: &str, unit: &'static str, k: &[Measured], p: &[Measured], t: Target) -> Row {
+        Row {
+            metric: metric.into(),
+            unit,
+            kernel_runs: k.to_vec(),
+            provider_runs: p.to_vec(),
+            target: t,
+        }
+    }
+
     #[test]
     fn table_ratios_targets_and_failures() {
+        let boom = || Err::<f64, String>("boom".into());
         let rows = vec![
-            Row {
-                metric: "p50".into(),
-                unit: "µs",
-                kernel: Ok(60.0),
-                provider: Ok(30.0),
-                target: Target::AtMost(0.7),
-            },
-            Row {
-                metric: "rate".into(),
-                unit: "msg/s",
-                kernel: Ok(100.0),
-                provider: Ok(120.0),
-                target: Target::AtLeast(1.5),
-            },
-            Row {
-                metric: "bulk".into(),
-                unit: "Gb/s",
-                kernel: Ok(5.0),
-                provider: Err("boom".into()),
-                target: Target::AtLeast(1.0),
-            },
-            Row {
-                metric: "p99".into(),
-                unit: "µs",
-                kernel: Ok(1.0),
-                provider: Ok(2.0),
-                target: Target::None,
-            },
+            row("p50", "µs", &[Ok(60.0)], &[Ok(30.0)], Target::AtMost(0.7)),
+            row(
+                "rate",
+                "msg/s",
+                &[Ok(100.0), Ok(90.0), Ok(200.0)],
+                &[Ok(120.0), boom(), Ok(120.0)],
+                Target::AtLeast(1.5),
+            ),
+            row("bulk", "Gb/s", &[Ok(5.0)], &[boom()], Target::AtLeast(1.0)),
+            row("p99", "µs", &[Ok(1.0)], &[Ok(2.0)], Target::None),
         ];
         assert_eq!(rows[0].met(), Some(true));
+        // Medians: kernel 100, provider 120 (the failed run is left out, but noted).
+        assert_eq!(rows[1].kernel(), Ok(100.0));
+        assert_eq!(rows[1].provider(), Ok(120.0));
         assert_eq!(rows[1].met(), Some(false));
         assert_eq!(rows[2].met(), Some(false));
         assert_eq!(rows[3].met(), None);
         let t = render_table(&rows);
         assert!(t.contains("0.50×"), "{t}");
+        assert!(t.contains("120[1]"), "{t}");
         assert!(t.contains("FAILED[1]"), "{t}");
         assert!(t.contains("NOT met"), "{t}");
         assert_eq!(failure_notes(&rows), vec!["boom".to_owned()]);
-        let mut twice = rows.clone();
-        twice[0].provider = Err("boom".into());
-        assert!(render_table(&twice).matches("FAILED[1]").count() == 2);
-        assert_eq!(failure_notes(&twice).len(), 1);
-        assert_eq!(rows[2].json()["provider_error"], "boom");
-        assert!(rows[2].json()["ratio"].is_null());
+        let j = rows[2].json();
+        assert_eq!(j["provider_runs"][0]["error"], "boom");
+        assert!(j["provider"].is_null());
+        assert!(j["ratio"].is_null());
+        assert_eq!(aggregate(&[]), Err("not run".into()));
     }
 }

@@ -97,6 +97,9 @@ enum BenchCmd {
         /// Connections in flight in the connect/close loop.
         #[arg(long, default_value_t = 8)]
         parallel: usize,
+        /// Rounds (kernel and provider alternate); each metric is the median over rounds.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
         /// Record the provider processes with `perf record -g` (bench-results/perf/).
         #[arg(long)]
         perf: bool,
@@ -212,11 +215,13 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode> {
                 seconds,
                 bytes,
                 parallel,
+                rounds,
                 perf,
             } => xtask::bench_tcp::tcp(&xtask::bench_tcp::TcpBenchOptions {
                 seconds,
                 bytes,
                 parallel,
+                rounds,
                 perf,
             })?,
             BenchCmd::Other(args) => {
