@@ -11,7 +11,7 @@
 //! 3. Connections per second: `provider kernel-connect-loop` (K threads connect + close) in the
 //!    peer against `accept-close` / `kernel-accept-close`. The client closes first, so TIME_WAIT
 //!    stays with the kernel peer; the peer namespace gets `tcp_tw_reuse=1`,
-//!    `tcp_tw_reuse_delay=1` ms and ports 1024–65000 so the client's TIME_WAIT never caps the
+//!    `tcp_tw_reuse_delay=1` ms and ports 10000–65000 so the client's TIME_WAIT never caps the
 //!    rate (without them the kernel client tops out near 32 k connects/s).
 //!
 //! Targets (reported, never enforced): p50 ≤ 0.7× kernel, message rate ≥ 1.5× kernel, bulk ≥
@@ -697,7 +697,9 @@ fn bulk_inner(
 // ------------------------------------------------------------------ 3. connections/s
 
 /// Lets the kernel client in the peer reuse its TIME_WAIT ports at once (timestamps keep that
-/// safe) over a wide port range, so the client's own TIME_WAIT never caps the rate.
+/// safe) over a wide port range, so the client's own TIME_WAIT never caps the rate. The range
+/// starts above the ports the peer's own sinks listen on (5201…): a client socket in TIME_WAIT
+/// on such a port would make their bind fail.
 fn tune_peer_for_connect_loop(lab: &Lab) -> Result<()> {
     lab.exec_ok(
         &lab.peer_ns,
@@ -705,7 +707,7 @@ fn tune_peer_for_connect_loop(lab: &Lab) -> Result<()> {
             "sysctl",
             "-qw",
             "net.ipv4.tcp_tw_reuse=1",
-            "net.ipv4.ip_local_port_range=1024 65000",
+            "net.ipv4.ip_local_port_range=10000 65000",
         ],
     )?;
     // Linux ≥ 6.14; older kernels reuse after 1 s, which caps the client near 32 k/s.
