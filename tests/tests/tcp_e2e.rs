@@ -292,3 +292,22 @@ fn thousand_concurrent_connections_echo_64k_each() {
     );
     p.wsp_close_socket(l).unwrap();
 }
+
+/// 5 % random loss each way and 1 % duplication on the peer's veth (nftables): every byte
+/// arrives exactly once, in both directions, over IPv4 and IPv6.
+#[test]
+#[ignore = "needs root and network namespaces"]
+fn transfers_survive_five_percent_loss_one_percent_duplication() {
+    let s = start(1);
+    s.lab.set_peer_impairment(5, 1).unwrap();
+    let mib: u64 = std::env::var("PROVIDER_TEST_LOSSY_MIB")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(128);
+    let t = Instant::now();
+    kernel_client_to_provider_server(&s, false, 7005, mib * MIB);
+    println!("v4 {mib} MiB each way under loss in {:?}", t.elapsed());
+    let t = Instant::now();
+    provider_client_to_kernel_server(&s, true, 7006, mib * MIB);
+    println!("v6 {mib} MiB each way under loss in {:?}", t.elapsed());
+}

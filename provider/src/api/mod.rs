@@ -126,11 +126,29 @@ pub struct ProviderStats {
     pub udp_dropped_queue_full: u64,
     /// Datagrams for which no (open) socket was bound.
     pub udp_no_socket: u64,
+    /// TCP connections the engine holds (TIME_WAIT and orphans included).
+    pub tcp_connections: u64,
+    /// Of those, closed by the application and finishing on their own.
+    pub tcp_orphans: u64,
+    /// Stream closes by path (DESIGN §7): FIN after queued data.
+    pub close_graceful: u64,
+    /// SO_LINGER {1, 0}: RST at once.
+    pub close_hard: u64,
+    /// SO_LINGER {1, n}: n seconds passed with data unacknowledged → RST.
+    pub close_linger_timeout_reset: u64,
+    /// Orphans reset at the orphan deadline.
+    pub close_orphan_timeout_reset: u64,
+    /// Unread received data at close → RST.
+    pub close_unread_data_reset: u64,
 }
 
 #[derive(Debug, Default)]
 struct Counters {
     sockets_open: AtomicU64,
+    close_graceful: AtomicU64,
+    close_hard: AtomicU64,
+    close_linger_timeout_reset: AtomicU64,
+    close_unread_data_reset: AtomicU64,
     udp_sent: AtomicU64,
     udp_delivered: AtomicU64,
     udp_dropped_queue_full: AtomicU64,
@@ -414,14 +432,13 @@ impl Provider {
     /// the STEER entry too if no other socket shares the endpoint. Closing a handle that is not
     /// the last one interrupts nobody (the socket lives on through its other handles).
     pub fn wsp_close_socket(&self, s: Socket) -> WspResult<()> {
+        let e = self.table.get(s)?;
+        if e.kind == SocketKind::Stream {
+            return self.stream_close(s, e);
+        }
+        drop(e);
         let Removed { entry, last } = self.table.remove(s)?;
         if !last {
-            return Ok(());
-        }
-        if entry.kind == SocketKind::Stream {
-            lock(&entry.state).closed = true;
-            self.stream_release(&entry);
-            self.counters.sockets_open.fetch_sub(1, Ordering::Relaxed);
             return Ok(());
         }
         let local = {
@@ -551,6 +568,7 @@ impl Provider {
     pub fn stats(&self) -> ProviderStats {
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        let tcp = self.tcp_counts();
         ProviderStats {
             sockets_open: get(&c.sockets_open),
             handles_open: self.table.len() as u64,
@@ -559,6 +577,13 @@ impl Provider {
             udp_delivered: get(&c.udp_delivered),
             udp_dropped_queue_full: get(&c.udp_dropped_queue_full),
             udp_no_socket: get(&c.udp_no_socket),
+            tcp_connections: tcp.0 as u64,
+            tcp_orphans: tcp.1 as u64,
+            close_graceful: get(&c.close_graceful),
+            close_hard: get(&c.close_hard),
+            close_linger_timeout_reset: get(&c.close_linger_timeout_reset),
+            close_orphan_timeout_reset: self.orphan_timeouts(),
+            close_unread_data_reset: get(&c.close_unread_data_reset),
         }
     }
 }

@@ -25,6 +25,7 @@ use provider_common::{PROTO_TCP, SteerKey};
 use super::Provider;
 use crate::socket::entry::{Proto, SocketState, lock};
 use crate::socket::options::Linger;
+use crate::socket::table::Removed;
 use crate::socket::{Family, Socket, SocketEntry, SocketKind, WsaError, WspResult};
 use crate::tcp::{
     ConnId, ConnOptions, Event, ListenerId, TcpConfig, TcpEngine, TcpError, TcpState,
@@ -143,6 +144,15 @@ fn map_err(e: TcpError) -> WsaError {
         TcpError::NoBuffers => WsaError::WSAENOBUFS,
         TcpError::WouldBlock => WsaError::WSAEWOULDBLOCK,
         TcpError::InvalidAddress => WsaError::WSAEADDRNOTAVAIL,
+    }
+}
+
+/// A blocking call that slept and then finds its socket closed (or being closed with linger)
+/// by another thread was interrupted (WSAEINTR, DESIGN §7).
+fn interrupted(err: WsaError, waited: bool) -> WsaError {
+    match err {
+        WsaError::WSAENOTSOCK | WsaError::WSAEINPROGRESS if waited => WsaError::WSAEINTR,
+        other => other,
     }
 }
 
@@ -275,6 +285,18 @@ impl Provider {
         self.with_tcp(|inner, now| inner.engine.on_segment(now, src, dst, segment));
     }
 
+    /// `deliver_tcp` for a whole RX batch: one engine lock, one transmit flush.
+    pub fn deliver_tcp_batch<'a>(
+        &self,
+        segments: impl IntoIterator<Item = (IpAddr, IpAddr, &'a [u8])>,
+    ) {
+        self.with_tcp(|inner, now| {
+            for (src, dst, segment) in segments {
+                inner.engine.on_segment(now, src, dst, segment);
+            }
+        });
+    }
+
     /// Run expired TCP timers (retransmission, delayed ACK, TIME_WAIT, keepalive, …).
     pub fn tcp_tick(&self) {
         self.with_tcp(|inner, now| inner.engine.on_timeout(now));
@@ -380,9 +402,10 @@ impl Provider {
         if e.kind != SocketKind::Stream {
             return Err(WsaError::WSAEOPNOTSUPP);
         }
+        let mut waited = false;
         loop {
             let seen = e.signal.generation();
-            let st = e.lock_open()?;
+            let st = e.lock_open().map_err(|err| interrupted(err, waited))?;
             let (l, endpoint) = match &st.proto {
                 Proto::Tcp(TcpSock {
                     role: Role::Listening(l),
@@ -450,6 +473,7 @@ impl Provider {
             }
             drop(st);
             e.signal.wait(seen, None);
+            waited = true;
         }
     }
 
@@ -547,7 +571,7 @@ impl Provider {
         // Blocking: sleep until the handshake ends either way.
         loop {
             let seen = e.signal.generation();
-            let mut st = e.lock_open().map_err(|_| WsaError::WSAEINTR)?;
+            let mut st = e.lock_open().map_err(|err| interrupted(err, true))?;
             let Role::Connecting(id) = st.tcp()?.role else {
                 return Err(WsaError::WSAEINVAL);
             };
@@ -607,11 +631,7 @@ impl Provider {
         let mut done = 0;
         loop {
             let seen = e.signal.generation();
-            let mut st = if done == 0 {
-                e.lock_open()?
-            } else {
-                e.lock_open().map_err(|_| WsaError::WSAEINTR)?
-            };
+            let mut st = e.lock_open().map_err(|err| interrupted(err, done > 0))?;
             let id = self.connected(&mut st)?;
             if st.tcp()?.send_shut {
                 return Err(WsaError::WSAESHUTDOWN);
@@ -644,16 +664,10 @@ impl Provider {
         if e.kind != SocketKind::Stream {
             return Err(WsaError::WSAEOPNOTSUPP);
         }
+        let mut waited = false;
         loop {
             let seen = e.signal.generation();
-            let mut st = e.lock_open().map_err(|err| {
-                // Closed by another thread while we slept.
-                if err == WsaError::WSAENOTSOCK {
-                    WsaError::WSAEINTR
-                } else {
-                    err
-                }
-            })?;
+            let mut st = e.lock_open().map_err(|err| interrupted(err, waited))?;
             let id = self.connected(&mut st)?;
             if st.tcp()?.recv_shut {
                 return Err(WsaError::WSAESHUTDOWN);
@@ -672,6 +686,7 @@ impl Provider {
             }
             drop(st);
             e.signal.wait(seen, None);
+            waited = true;
         }
     }
 
@@ -769,11 +784,111 @@ impl Provider {
         }
     }
 
-    /// The last handle of a stream socket was closed (issue 4 completes the linger matrix):
-    /// a listener resets its queued connections; a connection with SO_LINGER {1, 0} is reset,
-    /// otherwise it closes gracefully (FIN after queued data, or RST if unread data remains) and
-    /// lives on as an orphan in the engine; the socket's own endpoint reference goes.
-    pub(super) fn stream_release(&self, e: &Arc<SocketEntry>) {
+    /// WSPCloseSocket for a stream socket — DESIGN §7, row by row:
+    ///
+    /// - SO_DONTLINGER (default): graceful — FIN after queued data (RST instead if received
+    ///   data is unread); returns at once; the connection finishes as an orphan.
+    /// - SO_LINGER {1, 0}: hard — RST (SEQ=SND.NXT, ACK=RCV.NXT) written to the TX ring inside
+    ///   this call, queues discarded, no TIME_WAIT.
+    /// - SO_LINGER {1, n}, blocking: FIN after queued data, then sleep until data and FIN are
+    ///   acknowledged, or n seconds pass → RST; the socket is freed before returning 0. Other
+    ///   calls on the socket meanwhile get WSAEINPROGRESS.
+    /// - SO_LINGER {1, n}, nonblocking: if everything sent is acknowledged (or SD_SEND was done),
+    ///   graceful as above; else WSAEWOULDBLOCK with the handle still valid and no disconnect
+    ///   initiated.
+    ///
+    /// Only the last handle of a duplicated socket disconnects. WSAENETDOWN: the datapath is
+    /// down — the handle is released, but no FIN/RST could be sent.
+    pub(super) fn stream_close(&self, s: Socket, e: Arc<SocketEntry>) -> WspResult<()> {
+        let mut st = e.lock_open()?;
+        let linger = st.options.linger;
+        let nonblocking = st.nonblocking;
+        let t = st.tcp()?;
+        let (role, send_shut) = (t.role, t.send_shut);
+        let timed_linger = linger.l_onoff != 0 && linger.l_linger > 0;
+        if let (true, true, Role::Connected(id)) = (timed_linger, e.handle_count() <= 1, role) {
+            let (unacked, unread) = {
+                let inner = self.tcp_lock();
+                (
+                    inner.engine.unacked_bytes(id),
+                    inner.engine.recv_available(id),
+                )
+            };
+            // Unread data means a reset whatever the linger: nothing to wait for.
+            if unread == 0 && unacked > 0 {
+                if nonblocking {
+                    if !send_shut {
+                        return Err(WsaError::WSAEWOULDBLOCK);
+                    }
+                } else {
+                    st.closing = true;
+                    drop(st);
+                    // Blocked calls of other threads give up (WSAEINTR).
+                    e.signal.notify();
+                    let path =
+                        self.linger_wait(&e, id, Duration::from_secs(linger.l_linger.into()));
+                    {
+                        let mut st = lock(&e.state);
+                        st.closing = false;
+                        st.closed = true;
+                    }
+                    let _ = self.table.remove(s);
+                    self.stream_release(&e, Some(path));
+                    self.counters.sockets_open.fetch_sub(1, Ordering::Relaxed);
+                    return self.close_result();
+                }
+            }
+        }
+        drop(st);
+        let Removed { entry, last } = self.table.remove(s)?;
+        if !last {
+            return Ok(());
+        }
+        lock(&entry.state).closed = true;
+        self.stream_release(&entry, None);
+        self.counters.sockets_open.fetch_sub(1, Ordering::Relaxed);
+        self.close_result()
+    }
+
+    /// The socket is released either way; the caller learns whether FIN/RST could go out.
+    fn close_result(&self) -> WspResult<()> {
+        if self.datapath.is_up() {
+            Ok(())
+        } else {
+            Err(WsaError::WSAENETDOWN)
+        }
+    }
+
+    /// The blocking linger wait: FIN after queued data, then sleep until everything including
+    /// the FIN is acknowledged (graceful) or `limit` passes (RST). Sleeps on the socket's signal
+    /// with short timeouts as the acknowledgement clock; never spins.
+    fn linger_wait(&self, e: &SocketEntry, id: ConnId, limit: Duration) -> ClosePath {
+        let deadline = Instant::now() + limit;
+        let _ = self.with_tcp(|inner, now| inner.engine.shutdown_write(now, id));
+        loop {
+            let seen = e.signal.generation();
+            let (unacked, state) = {
+                let inner = self.tcp_lock();
+                (inner.engine.unacked_bytes(id), inner.engine.state(id))
+            };
+            if unacked == 0 || matches!(state, None | Some(TcpState::Closed)) {
+                return ClosePath::Graceful;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                self.with_tcp(|inner, now| inner.engine.abort(now, id));
+                return ClosePath::LingerTimeoutReset;
+            }
+            e.signal.wait(seen, Some((deadline - now).min(LINGER_POLL)));
+        }
+    }
+
+    /// Release a stream socket whose last handle is gone. `lingered`: the blocking linger wait
+    /// already ran and ended this way; otherwise the close happens here (hard with
+    /// SO_LINGER {1, 0}, else graceful — a reset if received data is unread). A listener resets
+    /// every connection still in its queues. The socket's own endpoint reference goes; the
+    /// connection keeps its own until the engine is done with it (TIME_WAIT included).
+    pub(super) fn stream_release(&self, e: &Arc<SocketEntry>, lingered: Option<ClosePath>) {
         let (role, local, linger) = {
             let mut st = lock(&e.state);
             let linger: Linger = st.options.linger;
@@ -782,34 +897,88 @@ impl Provider {
                 Err(_) => return,
             }
         };
-        self.with_tcp(|inner, now| {
-            match role {
+        let path = self.with_tcp(|inner, now| {
+            let path = match role {
                 Role::Listening(l) => {
                     inner.listeners.remove(&l);
                     inner.engine.close_listener(now, l);
+                    None
                 }
                 Role::Connecting(id) | Role::Connected(id) => {
                     if let Some(slot) = inner.conns.get_mut(&id) {
                         slot.socket = Weak::new();
                     }
-                    if linger.l_onoff != 0 && linger.l_linger == 0 {
-                        inner.engine.abort(now, id);
-                    } else {
-                        inner.engine.close(now, id);
-                    }
+                    let path = match lingered {
+                        Some(ClosePath::LingerTimeoutReset) => ClosePath::LingerTimeoutReset,
+                        Some(p) => {
+                            inner.engine.close(now, id);
+                            p
+                        }
+                        None if linger.l_onoff != 0 && linger.l_linger == 0 => {
+                            inner.engine.abort(now, id);
+                            ClosePath::Hard
+                        }
+                        None => {
+                            let unread = inner.engine.recv_available(id) > 0;
+                            inner.engine.close(now, id);
+                            if unread {
+                                ClosePath::UnreadDataReset
+                            } else {
+                                ClosePath::Graceful
+                            }
+                        }
+                    };
+                    Some(path)
                 }
-                Role::Idle | Role::Failed(_) => {}
-            }
+                Role::Idle | Role::Failed(_) => None,
+            };
             if let Some(local) = local {
                 self.release_endpoint(inner, local);
             }
+            path
         });
+        if let Some(path) = path {
+            self.count_close(path);
+            tracing::debug!(socket = e.id, ?path, "stream socket closed");
+        }
         if let Some(local) = local {
             let _g = lock(&self.bind_lock);
             self.tcp_ports.unregister(local, e.id);
         }
         e.signal.notify();
     }
+
+    fn count_close(&self, path: ClosePath) {
+        let c = &self.counters;
+        let counter = match path {
+            ClosePath::Graceful => &c.close_graceful,
+            ClosePath::Hard => &c.close_hard,
+            ClosePath::LingerTimeoutReset => &c.close_linger_timeout_reset,
+            ClosePath::UnreadDataReset => &c.close_unread_data_reset,
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Orphans the engine reset at their deadline (the fifth close path).
+    pub(super) fn orphan_timeouts(&self) -> u64 {
+        self.tcp_lock().engine.orphan_timeouts()
+    }
+}
+
+/// How often a blocking linger close re-checks the acknowledgements while it sleeps.
+const LINGER_POLL: Duration = Duration::from_millis(2);
+
+/// How a stream socket's close went (DESIGN §7 observability; counted in `ProviderStats`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ClosePath {
+    /// FIN after the queued data (default, or a linger that saw everything acknowledged).
+    Graceful,
+    /// SO_LINGER {1, 0}: RST at once.
+    Hard,
+    /// SO_LINGER {1, n}: not everything acknowledged within n seconds → RST.
+    LingerTimeoutReset,
+    /// Received data was unread at close → RST (RFC 2525 §2.17).
+    UnreadDataReset,
 }
 
 enum Progress {

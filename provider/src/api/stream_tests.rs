@@ -369,3 +369,202 @@ fn many_concurrent_connections_echo() {
     }
     server.join().unwrap();
 }
+
+fn set_linger(p: &Provider, s: Socket, onoff: u16, secs: u16) {
+    let l = Linger {
+        l_onoff: onoff,
+        l_linger: secs,
+    };
+    p.wsp_set_sock_opt(s, SOL_SOCKET, SO_LINGER, &l.to_bytes())
+        .unwrap();
+}
+
+/// Fill the peer's receive window and our send buffer: the receiver never reads.
+fn stuff(p: &Provider, c: Socket) -> usize {
+    let mut on = 1;
+    p.wsp_ioctl(c, FIONBIO, &mut on).unwrap();
+    let chunk = vec![1u8; 1 << 20];
+    let mut total = 0;
+    // Full means: WOULDBLOCK and still WOULDBLOCK after the peer's window had time to fill.
+    let mut blocked = 0;
+    while blocked < 5 {
+        match p.wsp_send(c, &chunk) {
+            Ok(n) => {
+                total += n;
+                blocked = 0;
+            }
+            Err(WSAEWOULDBLOCK) => {
+                blocked += 1;
+                thread::sleep(Duration::from_millis(20));
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    let mut off = 0;
+    p.wsp_ioctl(c, FIONBIO, &mut off).unwrap();
+    total
+}
+
+fn small_buffers() -> (Arc<Provider>, Arc<LoopbackDatapath>) {
+    let mut cfg = ProviderConfig::default();
+    cfg.tcp.time_wait = Duration::from_millis(200);
+    cfg.tcp.send_buffer = 64 * 1024;
+    cfg.tcp.recv_buffer = 64 * 1024;
+    cfg.default_sndbuf = 64 * 1024;
+    cfg.default_rcvbuf = 64 * 1024;
+    LoopbackDatapath::provider(cfg)
+}
+
+#[test]
+fn nonblocking_linger_with_unacked_data_would_block_and_initiates_nothing() {
+    let (p, _dp) = small_buffers();
+    let (_l, c, s) = pair(&p, "198.18.0.1:5600");
+    assert!(stuff(&p, c) > 0);
+    set_linger(&p, c, 1, 5);
+    let mut on = 1;
+    p.wsp_ioctl(c, FIONBIO, &mut on).unwrap();
+    assert_eq!(p.wsp_close_socket(c), Err(WSAEWOULDBLOCK));
+    assert_eq!(
+        p.wsp_close_socket(c),
+        Err(WSAEWOULDBLOCK),
+        "retry fails while unacked"
+    );
+    // The handle is still valid and no FIN was sent: the peer sees no EOF, data still flows.
+    assert!(p.wsp_get_peer_name(c).is_ok());
+    let mut b = vec![0u8; 4096];
+    assert!(p.wsp_recv(s, &mut b).unwrap() > 0);
+    assert_eq!(p.stats().close_graceful + p.stats().close_hard, 0);
+    // Setting linger 0 makes the next close succeed, as a hard close.
+    set_linger(&p, c, 1, 0);
+    assert_eq!(p.wsp_close_socket(c), Ok(()));
+    assert_eq!(p.wsp_close_socket(c), Err(WSAENOTSOCK));
+    assert_eq!(p.stats().close_hard, 1);
+}
+
+#[test]
+fn nonblocking_linger_succeeds_after_shutdown_or_when_all_acknowledged() {
+    let (p, _dp) = small_buffers();
+    let (_l, c, _s) = pair(&p, "198.18.0.1:5610");
+    stuff(&p, c);
+    set_linger(&p, c, 1, 5);
+    let mut on = 1;
+    p.wsp_ioctl(c, FIONBIO, &mut on).unwrap();
+    assert_eq!(p.wsp_close_socket(c), Err(WSAEWOULDBLOCK));
+    p.wsp_shutdown(c, SD_SEND).unwrap();
+    assert_eq!(
+        p.wsp_close_socket(c),
+        Ok(()),
+        "after WSPShutdown the close succeeds"
+    );
+
+    let (_l2, c2, _s2) = pair(&p, "198.18.0.1:5611");
+    send_all(&p, c2, b"small");
+    thread::sleep(Duration::from_millis(50)); // acknowledged by now
+    set_linger(&p, c2, 1, 5);
+    p.wsp_ioctl(c2, FIONBIO, &mut on).unwrap();
+    assert_eq!(
+        p.wsp_close_socket(c2),
+        Ok(()),
+        "nothing unacknowledged: graceful at once"
+    );
+}
+
+#[test]
+fn blocking_linger_times_out_with_a_reset_and_meanwhile_the_socket_is_in_progress() {
+    let (p, _dp) = small_buffers();
+    let (_l, c, s) = pair(&p, "198.18.0.1:5620");
+    stuff(&p, c);
+    set_linger(&p, c, 1, 1);
+    let p2 = p.clone();
+    let started = Instant::now();
+    let closer = thread::spawn(move || p2.wsp_close_socket(c));
+    thread::sleep(Duration::from_millis(200));
+    assert_eq!(p.wsp_send(c, b"x"), Err(WSAEINPROGRESS));
+    assert_eq!(p.wsp_close_socket(c), Err(WSAEINPROGRESS));
+    assert_eq!(closer.join().unwrap(), Ok(()));
+    let took = started.elapsed();
+    assert!(took >= Duration::from_secs(1), "returned after {took:?}");
+    assert!(
+        took < Duration::from_millis(1100),
+        "returned after {took:?}"
+    );
+    assert_eq!(p.wsp_close_socket(c), Err(WSAENOTSOCK));
+    assert_eq!(p.stats().close_linger_timeout_reset, 1);
+    // The peer reads what arrived, then the reset.
+    let mut b = vec![0u8; 1 << 16];
+    let err = loop {
+        match p.wsp_recv(s, &mut b) {
+            Ok(n) if n > 0 => continue,
+            other => break other,
+        }
+    };
+    assert_eq!(err, Err(WSAECONNRESET));
+}
+
+#[test]
+fn blocking_linger_returns_early_when_the_peer_reads_everything() {
+    let (p, _dp) = small_buffers();
+    let (_l, c, s) = pair(&p, "198.18.0.1:5630");
+    let sent = stuff(&p, c);
+    set_linger(&p, c, 1, 10);
+    let p2 = p.clone();
+    let reader = thread::spawn(move || {
+        let mut b = vec![0u8; 1 << 16];
+        let mut got = 0;
+        loop {
+            let n = p2.wsp_recv(s, &mut b).unwrap();
+            if n == 0 {
+                return got;
+            }
+            got += n;
+        }
+    });
+    let started = Instant::now();
+    assert_eq!(p.wsp_close_socket(c), Ok(()));
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(reader.join().unwrap(), sent, "every byte, then EOF");
+    assert_eq!(p.stats().close_graceful, 1);
+}
+
+#[test]
+fn close_with_unread_data_resets_and_is_counted() {
+    let (p, _dp) = setup();
+    let (_l, c, s) = pair(&p, "198.18.0.1:5640");
+    send_all(&p, c, b"never read");
+    thread::sleep(Duration::from_millis(50));
+    p.wsp_close_socket(s).unwrap();
+    let mut b = [0u8; 16];
+    assert_eq!(p.wsp_recv(c, &mut b), Err(WSAECONNRESET));
+    assert_eq!(p.stats().close_unread_data_reset, 1);
+}
+
+#[test]
+fn close_with_the_datapath_down_releases_the_handle_and_says_netdown() {
+    let (p, dp) = setup();
+    let (_l, c, _s) = pair(&p, "198.18.0.1:5650");
+    dp.set_up(false);
+    assert_eq!(p.wsp_close_socket(c), Err(WSAENETDOWN));
+    assert_eq!(p.wsp_close_socket(c), Err(WSAENOTSOCK));
+    dp.set_up(true);
+}
+
+#[test]
+fn only_the_last_duplicate_disconnects() {
+    let (p, _dp) = setup();
+    let (_l, c, s) = pair(&p, "198.18.0.1:5660");
+    let d = p.duplicate(c).unwrap();
+    p.wsp_close_socket(c).unwrap();
+    send_all(&p, d, b"still here");
+    assert_eq!(recv_exact(&p, s, 10), b"still here");
+    p.wsp_close_socket(d).unwrap();
+    let mut b = [0u8; 4];
+    assert_eq!(
+        p.wsp_recv(s, &mut b),
+        Ok(0),
+        "EOF only after the last handle"
+    );
+}

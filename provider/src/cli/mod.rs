@@ -1,7 +1,11 @@
 //! The `provider` binary's subcommands.
 mod bench_tcp;
+mod cat;
 mod mmsg;
+mod script;
+mod sockperf;
 mod tools;
+mod wsp;
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     path::PathBuf,
@@ -14,9 +18,10 @@ use std::{
 
 use clap::{Args, Parser, Subcommand};
 use provider::{
-    api::{AF_INET, AF_INET6, IPPROTO_UDP, Provider, SOCK_DGRAM},
+    api::{AF_INET, AF_INET6, IPPROTO_UDP, Provider, ProviderConfig, SOCK_DGRAM},
     engine::{Engine, EngineConfig},
     socket::WsaError,
+    tcp::CcAlgorithm,
     xdp::AttachMode,
     xsk::BindMode,
 };
@@ -58,6 +63,12 @@ enum Command {
     KernelAcceptClose(bench_tcp::KernelAcceptCloseArgs),
     /// TCP benchmark client: K kernel sockets connect and close in a loop; conns/s.
     KernelConnectLoop(bench_tcp::KernelConnectLoopArgs),
+    /// netcat-like: listen or connect (TCP or UDP), stdin → socket → stdout.
+    Cat(cat::CatArgs),
+    /// Server for the unmodified `sockperf` client (ping-pong, throughput, under-load), UDP and TCP.
+    SockperfServer(sockperf::SockperfArgs),
+    /// Run WSP calls from a file or stdin, one per line; print each result as a JSON line.
+    Script(script::ScriptArgs),
 }
 
 /// Datapath settings every subcommand shares.
@@ -85,6 +96,78 @@ pub struct DatapathArgs {
     /// /run/provider/<iface>-<pid>.json.
     #[arg(long)]
     stats_file: Option<PathBuf>,
+    #[command(flatten)]
+    settings: ProviderSettings,
+}
+
+/// Provider-wide settings (`EngineConfig.provider`); unset flags keep the defaults.
+#[derive(Args, Clone, Default)]
+pub struct ProviderSettings {
+    /// TCP TIME_WAIT length in ms (default 60000).
+    #[arg(long, value_name = "MS")]
+    time_wait_ms: Option<u64>,
+    /// Lower bound of the TCP retransmission timeout in ms (default 200).
+    #[arg(long, value_name = "MS")]
+    min_rto_ms: Option<u64>,
+    /// How long a closed (orphaned) TCP connection may take to finish before it is reset, in ms
+    /// (default 60000).
+    #[arg(long, value_name = "MS")]
+    orphan_timeout_ms: Option<u64>,
+    /// Initial SO_SNDBUF of new sockets and TCP send buffer, bytes (default 1 MiB).
+    #[arg(long, value_name = "BYTES")]
+    sndbuf: Option<usize>,
+    /// Initial SO_RCVBUF of new sockets and TCP receive buffer, bytes (default 1 MiB).
+    #[arg(long, value_name = "BYTES")]
+    rcvbuf: Option<usize>,
+    /// TCP delayed-ACK timeout in ms; 0 acknowledges at once (default 40).
+    #[arg(long, value_name = "MS")]
+    delayed_ack_ms: Option<u64>,
+    /// TCP congestion control (default cubic).
+    #[arg(long, value_enum)]
+    cc: Option<Cc>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum Cc {
+    Newreno,
+    Cubic,
+}
+
+impl ProviderSettings {
+    /// Write the flags that were given into `config`.
+    pub fn apply(&self, config: &mut ProviderConfig) {
+        let ms = Duration::from_millis;
+        let tcp = &mut config.tcp;
+        if let Some(v) = self.time_wait_ms {
+            tcp.time_wait = ms(v);
+        }
+        if let Some(v) = self.min_rto_ms {
+            tcp.min_rto = ms(v);
+            // Keep the bounds ordered: the initial and maximum RTO are at least the minimum.
+            tcp.initial_rto = tcp.initial_rto.max(tcp.min_rto);
+            tcp.max_rto = tcp.max_rto.max(tcp.min_rto);
+        }
+        if let Some(v) = self.orphan_timeout_ms {
+            tcp.orphan_timeout = ms(v);
+        }
+        if let Some(v) = self.delayed_ack_ms {
+            tcp.delayed_ack = ms(v);
+        }
+        if let Some(cc) = self.cc {
+            tcp.cc = match cc {
+                Cc::Newreno => CcAlgorithm::NewReno,
+                Cc::Cubic => CcAlgorithm::Cubic,
+            };
+        }
+        if let Some(v) = self.sndbuf {
+            config.default_sndbuf = v;
+            config.tcp.send_buffer = v;
+        }
+        if let Some(v) = self.rcvbuf {
+            config.default_rcvbuf = v;
+            config.tcp.recv_buffer = v;
+        }
+    }
 }
 
 impl DatapathArgs {
@@ -139,6 +222,9 @@ pub fn run() {
         Command::AcceptClose(args) => bench_tcp::accept_close(args),
         Command::KernelAcceptClose(args) => bench_tcp::kernel_accept_close(args),
         Command::KernelConnectLoop(args) => bench_tcp::kernel_connect_loop(args),
+        Command::Cat(args) => cat::cat(args),
+        Command::SockperfServer(args) => sockperf::sockperf_server(args),
+        Command::Script(args) => script::script(args),
     };
     if let Err(err) = result {
         eprintln!("provider: {err}");
@@ -152,6 +238,7 @@ pub fn start(args: &DatapathArgs) -> Result<Engine, Box<dyn std::error::Error>> 
     config.queues = args.queues;
     config.busy_poll = args.busy_poll;
     config.log_malformed = args.log_malformed;
+    args.settings.apply(&mut config.provider);
     config.xsk.mode = match args.xsk_mode {
         XskMode::Auto => BindMode::Auto,
         XskMode::Copy => BindMode::Copy,
@@ -253,6 +340,72 @@ fn udp_echo_loop(provider: &Provider, s: provider::socket::Socket) {
             }
             Err(WsaError::WSAEMSGSIZE) => continue,
             Err(_) => return,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(args: &[&str]) -> ProviderConfig {
+        let mut argv = vec!["provider", "script", "--iface", "veth0"];
+        argv.extend_from_slice(args);
+        let Command::Script(a) = Cli::try_parse_from(argv).unwrap().command else {
+            unreachable!()
+        };
+        let mut config = ProviderConfig::default();
+        a.datapath.settings.apply(&mut config);
+        config
+    }
+
+    #[test]
+    fn provider_wide_flags_reach_the_config() {
+        assert_eq!(settings(&[]), ProviderConfig::default());
+        let c = settings(&[
+            "--time-wait-ms",
+            "100",
+            "--min-rto-ms",
+            "5000",
+            "--orphan-timeout-ms",
+            "2000",
+            "--sndbuf",
+            "1000",
+            "--rcvbuf",
+            "2000",
+            "--delayed-ack-ms",
+            "0",
+            "--cc",
+            "newreno",
+        ]);
+        let ms = Duration::from_millis;
+        assert_eq!(c.tcp.time_wait, ms(100));
+        assert_eq!(c.tcp.min_rto, ms(5000));
+        assert_eq!(
+            c.tcp.initial_rto,
+            ms(5000),
+            "initial RTO raised to the minimum"
+        );
+        assert_eq!(c.tcp.orphan_timeout, ms(2000));
+        assert_eq!((c.default_sndbuf, c.tcp.send_buffer), (1000, 1000));
+        assert_eq!((c.default_rcvbuf, c.tcp.recv_buffer), (2000, 2000));
+        assert_eq!(c.tcp.delayed_ack, Duration::ZERO);
+        assert_eq!(c.tcp.cc, CcAlgorithm::NewReno);
+    }
+
+    #[test]
+    fn every_subcommand_takes_the_provider_wide_flags() {
+        for sub in [
+            &["echo"][..],
+            &["provider-sink", "--port", "9"],
+            &["cat", "--listen", "1"],
+            &["sockperf-server"],
+            &["script"],
+        ] {
+            let mut argv = vec!["provider"];
+            argv.extend_from_slice(sub);
+            argv.extend_from_slice(&["--iface", "x", "--time-wait-ms", "1", "--cc", "cubic"]);
+            assert!(Cli::try_parse_from(&argv).is_ok(), "{argv:?}");
         }
     }
 }

@@ -34,10 +34,15 @@ pub(super) fn run(queue: u32, dp: &XdpDatapath, provider: &Provider, cfg: &Engin
             xsk.reap_completions();
             n
         };
-        for (src, dst, range) in tcp.segments.drain(..) {
-            provider.deliver_tcp(src, dst, &tcp.bytes[range]);
+        if !tcp.segments.is_empty() {
+            let bytes = &tcp.bytes;
+            provider.deliver_tcp_batch(
+                tcp.segments
+                    .drain(..)
+                    .map(|(src, dst, range)| (src, dst, &bytes[range])),
+            );
+            tcp.bytes.clear();
         }
-        tcp.bytes.clear();
         let mut timeout_ms = IDLE_POLL_MS;
         if timers && let Some(deadline) = provider.tcp_next_timeout() {
             let now = Instant::now();

@@ -108,6 +108,9 @@ pub struct SocketState {
     /// Set when the last handle was closed: every later call on a copy of the entry fails, and
     /// blocked callers wake up with WSAEINTR.
     pub closed: bool,
+    /// A blocking linger close is in progress in some thread: every other call on the socket
+    /// gets WSAEINPROGRESS until it ends (DESIGN §7).
+    pub closing: bool,
     /// FIONBIO.
     pub nonblocking: bool,
     /// Stored socket options.
@@ -226,6 +229,7 @@ impl SocketEntry {
             handles: AtomicU32::new(0),
             state: Mutex::new(SocketState {
                 closed: false,
+                closing: false,
                 nonblocking: false,
                 options,
                 waiters: 0,
@@ -241,6 +245,8 @@ impl SocketEntry {
         let st = lock(&self.state);
         if st.closed {
             Err(WsaError::WSAENOTSOCK)
+        } else if st.closing {
+            Err(WsaError::WSAEINPROGRESS)
         } else {
             Ok(st)
         }

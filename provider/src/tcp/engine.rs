@@ -14,7 +14,7 @@ use super::ratelimit::RateLimiter;
 use super::segment::{SegmentIn, SegmentOut, write_segment};
 use super::seq::SeqNum;
 use super::timer_wheel::TimerWheel;
-use super::types::{ConnId, Event, ListenerId, TcpError, TcpState, Transmit};
+use super::types::{ConnId, ConnStats, Event, ListenerId, TcpError, TcpState, Transmit};
 use crate::net::tcp::TcpFlags;
 
 /// Timer wheel granularity.
@@ -58,6 +58,8 @@ pub struct TcpEngine {
     listeners: Vec<ListenerSlot>,
     by_local: HashMap<SocketAddr, ListenerId>,
     wheel: TimerWheel<ConnId>,
+    /// Orphans reset because they could not finish in time (DESIGN §7 close observability).
+    orphan_timeouts: u64,
     ctl: VecDeque<Ctl>,
     dirty: VecDeque<ConnId>,
     events: VecDeque<Event>,
@@ -80,6 +82,7 @@ impl TcpEngine {
             listeners: Vec::new(),
             by_local: HashMap::new(),
             wheel: TimerWheel::new(now, TICK, SLOTS),
+            orphan_timeouts: 0,
             ctl: VecDeque::new(),
             dirty: VecDeque::new(),
             events: VecDeque::new(),
@@ -218,6 +221,10 @@ impl TcpEngine {
             {
                 l.forget(id);
             }
+            if conn.released && conn.error == Some(TcpError::TimedOut) {
+                // An orphan the engine gave up on (orphan deadline, or retries): it was reset.
+                self.orphan_timeouts += 1;
+            }
             self.events.push_back(Event::Closed(id));
         }
         if !slot.mapped {
@@ -308,17 +315,29 @@ impl TcpEngine {
         let local = SocketAddr::new(dst, seg.dst_port);
         let remote = SocketAddr::new(src, seg.src_port);
         if let Some(&id) = self.by_tuple.get(&(local, remote)) {
+            // A new incarnation of a 4-tuple in TIME_WAIT (RFC 6191): the old one gives way
+            // and the listener takes the SYN.
+            let reuse = self
+                .slots
+                .get(id.index as usize)
+                .and_then(|s| s.conn.as_deref())
+                .is_some_and(|c| c.time_wait_accepts_syn(&seg));
+            if reuse && let Some(lid) = self.find_listener(local) {
+                let iss = self.with_conn(now, id, |c, _| c.end_time_wait());
+                self.listener_segment(now, lid, local, remote, &seg, iss);
+                return;
+            }
             self.with_conn(now, id, |c, cx| c.on_segment(cx, &seg));
             return;
         }
         if let Some(lid) = self.find_listener(local) {
-            self.listener_segment(now, lid, local, remote, &seg);
+            self.listener_segment(now, lid, local, remote, &seg, None);
             return;
         }
         self.reply_closed(local, remote, &seg);
     }
 
-    /// RFC 9293 §3.10.7.2 (LISTEN).
+    /// RFC 9293 §3.10.7.2 (LISTEN). `iss` overrides the RFC 6528 ISS (TIME_WAIT reuse).
     fn listener_segment(
         &mut self,
         now: Instant,
@@ -326,6 +345,7 @@ impl TcpEngine {
         local: SocketAddr,
         remote: SocketAddr,
         seg: &SegmentIn<'_>,
+        iss: Option<SeqNum>,
     ) {
         if seg.rst() {
             return;
@@ -345,7 +365,7 @@ impl TcpEngine {
             return;
         }
         let id = self.alloc();
-        let iss = self.isn.isn(now, local, remote);
+        let iss = iss.unwrap_or_else(|| self.isn.isn(now, local, remote));
         let mut cx = Ctx {
             now,
             cfg: &self.cfg,
@@ -623,6 +643,11 @@ impl TcpEngine {
         self.conn(id).map_or(0, |c| c.unacked_bytes())
     }
 
+    /// Sender counters and congestion state (a small TCP_INFO).
+    pub fn stats(&self, id: ConnId) -> Option<ConnStats> {
+        self.conn(id).map(|c| c.stats())
+    }
+
     /// TCP_NODELAY.
     pub fn set_nodelay(&mut self, id: ConnId, on: bool) {
         if let Some(slot) = self.slots.get_mut(id.index as usize)
@@ -658,13 +683,20 @@ impl TcpEngine {
         self.by_tuple.len()
     }
 
+    /// Orphans the engine reset because they did not finish before the orphan deadline (or ran
+    /// out of retries), since the engine started.
+    pub fn orphan_timeouts(&self) -> u64 {
+        self.orphan_timeouts
+    }
+
     /// Connections the user closed that the engine is still finishing.
     pub fn orphan_count(&self) -> usize {
         self.slots
             .iter()
             .filter(|s| s.mapped)
             .filter_map(|s| s.conn.as_deref())
-            .filter(|c| c.released && c.listener.is_none())
+            // TIME_WAIT means the FIN handshake is over: that is not an orphan (DESIGN §7).
+            .filter(|c| c.released && c.listener.is_none() && c.state != TcpState::TimeWait)
             .count()
     }
 }

@@ -31,4 +31,4 @@ pub(crate) mod tests;
 pub use cc::CcAlgorithm;
 pub use config::{ConnOptions, TcpConfig};
 pub use engine::TcpEngine;
-pub use types::{ConnId, Event, ListenerId, TcpError, TcpState, Transmit};
+pub use types::{ConnId, ConnStats, Event, ListenerId, TcpError, TcpState, Transmit};

@@ -247,6 +247,16 @@ impl Reassembler {
             .collect()
     }
 
+    /// The first part of `[seq, end)` already held, if any: a duplicate, which the receiver
+    /// reports in a D-SACK block (RFC 2883).
+    pub fn overlap(&self, seq: SeqNum, end: SeqNum) -> Option<(SeqNum, SeqNum)> {
+        self.blocks.iter().find_map(|b| {
+            let lo = b.start.max(seq);
+            let hi = b.end().min(end);
+            lo.lt(hi).then_some((lo, hi))
+        })
+    }
+
     /// Payload bytes held.
     pub fn buffered_bytes(&self) -> usize {
         self.bytes

@@ -111,3 +111,40 @@ pub enum Event {
     /// A listener's accept queue became non-empty.
     AcceptReady(ListenerId),
 }
+
+/// Per-connection sender counters and state (a small TCP_INFO), for diagnostics and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ConnStats {
+    /// Data and FIN segments sent, first transmissions and retransmissions.
+    pub segments_sent: u64,
+    /// Retransmitted segments, every cause.
+    pub retransmits: u64,
+    /// Retransmission timer expirations.
+    pub rto_count: u64,
+    /// Retransmissions sent while recovering from a timeout (RFC 6675 §5.1).
+    pub rto_retransmits: u64,
+    /// Fast-recovery episodes (duplicate ACKs, SACK or RACK detected a loss).
+    pub fast_recoveries: u64,
+    /// Retransmissions in fast recovery: the fast retransmit, NewReno partial-ACK
+    /// retransmissions and RFC 6675 NextSeg rules 1 and 3.
+    pub fast_retransmits: u64,
+    /// RFC 6675 rule 4 rescue retransmissions.
+    pub rescue_retransmits: u64,
+    /// RFC 8985 tail loss probes sent.
+    pub tail_loss_probes: u64,
+    /// Retransmissions found lost again (RFC 8985 RACK) and resent without a timeout.
+    pub lost_retransmits: u64,
+    /// D-SACK blocks received (RFC 2883): the peer got something twice.
+    pub dsacks_received: u64,
+    /// D-SACK blocks sent: we received something twice.
+    pub dsacks_sent: u64,
+    /// Congestion window (bytes).
+    pub cwnd: u32,
+    /// Slow-start threshold (bytes; `u32::MAX` before the first loss).
+    pub ssthresh: u32,
+    /// Smoothed RTT, once measured.
+    pub srtt: Option<std::time::Duration>,
+    /// Current retransmission timeout (with backoff).
+    pub rto: std::time::Duration,
+}

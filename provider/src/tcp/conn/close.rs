@@ -4,6 +4,8 @@
 use std::time::Instant;
 
 use super::super::config::TcpConfig;
+use super::super::segment::SegmentIn;
+use super::super::seq::SeqNum;
 use super::super::types::{Event, TcpError, TcpState};
 use super::{Conn, Ctx};
 
@@ -56,6 +58,35 @@ impl Conn {
         }
     }
 
+    /// Whether a SYN arriving in TIME_WAIT may start a new incarnation of this 4-tuple
+    /// (RFC 9293 §3.6.1 / RFC 1122 §4.2.2.13, with RFC 6191's timestamp rules, as Linux):
+    /// a plain SYN that is not a PAWS reject and either starts above RCV.NXT or carries a
+    /// timestamp newer than TS.Recent (any timestamp, if the old incarnation had none). Only
+    /// then can it not be an old duplicate of the previous incarnation.
+    pub(crate) fn time_wait_accepts_syn(&self, seg: &SegmentIn<'_>) -> bool {
+        if self.state != TcpState::TimeWait || !seg.syn() || seg.has_ack() || seg.rst() {
+            return false;
+        }
+        let ts = seg
+            .opts
+            .timestamps
+            .map(|(v, _)| v.wrapping_sub(self.ts_recent) as i32);
+        if self.ts_ok && ts.is_some_and(|d| d < 0) {
+            return false;
+        }
+        let newer_ts = ts.is_some_and(|d| !self.ts_ok || d > 0);
+        newer_ts || seg.seq.gt(self.rcv.nxt)
+    }
+
+    /// Ends TIME_WAIT early for a new incarnation; returns the ISS the new one should use:
+    /// above anything this incarnation sent, so the peer cannot mistake old segments of ours
+    /// for new ones (Linux uses the same SND.NXT + 65535 + 2).
+    pub(crate) fn end_time_wait(&mut self) -> SeqNum {
+        let iss = self.snd.max + 65_537;
+        self.enter_closed();
+        iss
+    }
+
     fn enter_time_wait(&mut self, now: Instant, cfg: &TcpConfig) {
         self.state = TcpState::TimeWait;
         self.t_timewait = Some(now + cfg.time_wait);
@@ -64,6 +95,7 @@ impl Conn {
         self.t_keepalive = None;
         self.t_orphan = None;
         self.t_delack = None;
+        self.snd.clear_timers();
         self.probe_due = false;
         self.keepalive_due = false;
     }

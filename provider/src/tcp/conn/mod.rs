@@ -18,10 +18,10 @@ use super::options::{MAX_WSCALE, TcpOptions};
 use super::ratelimit::RateLimiter;
 use super::segment::{SegmentIn, SegmentOut, write_segment};
 use super::seq::SeqNum;
-use super::types::{ConnId, Event, ListenerId, TcpError, TcpState};
+use super::types::{ConnId, ConnStats, Event, ListenerId, TcpError, TcpState};
 use crate::net::tcp::{MIN_HEADER_LEN, TcpFlags};
 
-pub(crate) use recv::Receiver;
+pub(crate) use recv::{AckPoint, Receiver};
 pub(crate) use send::Sender;
 
 /// A control segment not tied to connection state (RST replies, aborts).
@@ -254,6 +254,7 @@ impl Conn {
             self.t_keepalive,
             self.t_timewait,
             self.t_orphan,
+            self.snd.next_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -377,7 +378,7 @@ impl Conn {
             && let Some((tsval, _)) = seg.opts.timestamps
             && (tsval.wrapping_sub(self.ts_recent) as i32) < 0
         {
-            self.ack_now = true;
+            self.on_old_duplicate(seg);
             return;
         }
 
@@ -387,7 +388,7 @@ impl Conn {
                     // A retransmitted FIN: re-ACK it and restart 2 MSL.
                     self.t_timewait = Some(cx.now + cx.cfg.time_wait);
                 }
-                self.ack_now = true;
+                self.on_old_duplicate(seg);
             }
             return;
         }
@@ -469,6 +470,9 @@ impl Conn {
             if r.retransmit_timer_restart && self.snd.una != self.snd.max {
                 self.t_rto = Some(cx.now + self.rto());
             }
+            if r.advanced {
+                self.snd.arm_pto(cx.now, self.sack_ok, self.t_rto);
+            }
             if self.on_fin_acked(cx) {
                 return;
             }
@@ -512,6 +516,7 @@ impl Conn {
     /// Drops every timer and flag; the engine sees CLOSED and unmaps the 4-tuple.
     fn enter_closed(&mut self) {
         self.state = TcpState::Closed;
+        self.snd.clear_timers();
         self.t_rto = None;
         self.t_delack = None;
         self.t_persist = None;
@@ -589,6 +594,14 @@ impl Conn {
         if due(self.t_delack) {
             self.t_delack = None;
             self.ack_now = true;
+        }
+        if self.snd.next_deadline().is_some_and(|t| t <= now) && self.state.is_synchronized() {
+            self.snd.on_timer(now);
+            if self.snd.probe_pending() && due(self.t_rto) {
+                // RFC 8985 §7.2: the probe timeout is capped at the RTO; when both expire the
+                // probe goes out instead of the timeout, and the RTO restarts after it.
+                self.t_rto = Some(now + self.rto());
+            }
         }
         if due(self.t_rto) {
             self.t_rto = None;
@@ -720,8 +733,18 @@ impl Conn {
                 None
             }
             _ => {
+                if let Some(&p) = self.rcv.points.front() {
+                    let n = self.write_ack_point(cx, buf, p);
+                    self.rcv.points.pop_front();
+                    if n.is_some() {
+                        return n;
+                    }
+                }
                 let room = buf.len().saturating_sub(MIN_HEADER_LEN + 40);
-                if let Some(plan) = self.snd.next_segment(now, self.nodelay, room as u32) {
+                if let Some(plan) =
+                    self.snd
+                        .next_segment(now, self.nodelay, self.sack_ok, room as u32)
+                {
                     return self.write_data(cx, buf, plan);
                 }
                 if self.probe_due {
@@ -766,8 +789,11 @@ impl Conn {
             o.timestamps = Some((self.ts_now(cx.now, cx.epoch), self.ts_recent));
         }
         if self.sack_ok {
-            let max = if self.ts_ok { 3 } else { 4 };
-            for (i, (l, r)) in self.rcv.sack_blocks(max).into_iter().enumerate() {
+            let mut blocks = Vec::with_capacity(4);
+            blocks.extend(self.rcv.pending_dsack());
+            let room = self.sack_block_max().saturating_sub(blocks.len());
+            blocks.extend(self.rcv.sack_blocks(room));
+            for (i, (l, r)) in blocks.into_iter().enumerate() {
                 o.sack_blocks[i] = (l.0, r.0);
                 o.sack_count = i as u8 + 1;
             }
@@ -777,9 +803,42 @@ impl Conn {
 
     /// Bookkeeping common to every segment that carries our current ACK.
     fn on_ack_sent(&mut self) {
+        if self.sack_ok && self.rcv.pending_dsack().is_some() {
+            self.snd.stats.dsacks_sent += 1;
+        }
         self.ack_now = false;
         self.t_delack = None;
         self.rcv.on_ack_sent();
+    }
+
+    /// A pure ACK of an earlier receive state (see [`AckPoint`]).
+    fn write_ack_point(&mut self, cx: &mut Ctx<'_>, buf: &mut [u8], p: AckPoint) -> Option<usize> {
+        let window = self.rcv.advertise_at(p.ack, self.rcv_wscale);
+        let mut opts = TcpOptions::default();
+        if self.ts_ok {
+            opts.timestamps = Some((self.ts_now(cx.now, cx.epoch), self.ts_recent));
+        }
+        if self.sack_ok {
+            let blocks = p
+                .dsack
+                .into_iter()
+                .chain(p.sacks[..usize::from(p.n)].iter().copied());
+            for (i, (l, r)) in blocks.take(self.sack_block_max()).enumerate() {
+                opts.sack_blocks[i] = (l.0, r.0);
+                opts.sack_count = i as u8 + 1;
+            }
+            if p.dsack.is_some() {
+                self.snd.stats.dsacks_sent += 1;
+            }
+        }
+        let seg = SegmentOut {
+            seq: self.snd.max,
+            ack: p.ack,
+            flags: TcpFlags::ACK,
+            window,
+            opts,
+        };
+        write_segment(buf, self.local, self.remote, &seg, (&[], &[]))
     }
 
     fn write_syn(&mut self, cx: &mut Ctx<'_>, buf: &mut [u8]) -> Option<usize> {
@@ -862,8 +921,12 @@ impl Conn {
         let n = write_segment(buf, self.local, self.remote, &seg, payload)?;
         self.snd.on_sent(cx.now, &plan);
         self.on_ack_sent();
-        if self.t_rto.is_none() {
+        if self.t_rto.is_none() || plan.kind == send::TxKind::Tlp {
+            // RFC 8985 §7.3: after a probe the retransmission timer restarts.
             self.t_rto = Some(cx.now + self.rto());
+        }
+        if plan.kind == send::TxKind::New {
+            self.snd.arm_pto(cx.now, self.sack_ok, self.t_rto);
         }
         self.t_persist = None;
         Some(n)
@@ -919,6 +982,9 @@ impl Conn {
             TcpState::Established | TcpState::CloseWait if !self.snd.fin_queued => self.snd.space(),
             _ => 0,
         }
+    }
+    pub(crate) fn stats(&self) -> ConnStats {
+        self.snd.stats()
     }
     pub(crate) fn unacked_bytes(&self) -> usize {
         self.snd.unacked()

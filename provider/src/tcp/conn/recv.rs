@@ -4,11 +4,28 @@
 use std::collections::VecDeque;
 
 use super::super::config::TcpConfig;
+use super::super::options::MAX_SACK_BLOCKS;
 use super::super::reassembly::Reassembler;
 use super::super::segment::SegmentIn;
 use super::super::seq::SeqNum;
 use super::super::types::{Event, TcpState};
 use super::{Conn, Ctx};
+
+/// Most earlier ACKs kept for one transmit round (see [`AckPoint`]).
+const MAX_ACK_POINTS: usize = 16;
+
+/// An immediate ACK owed for an earlier receive state. When several segments are processed
+/// before the next transmit poll (a receive batch), each one that calls for an immediate ACK —
+/// every second full-sized segment, every out-of-order or duplicate segment (RFC 5681 §4.2,
+/// RFC 9293 §3.8.6.3) — still gets its own ACK, with the SACK and D-SACK information of that
+/// moment, instead of one stretch ACK for the whole batch.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct AckPoint {
+    pub ack: SeqNum,
+    pub dsack: Option<(SeqNum, SeqNum)>,
+    pub sacks: [(SeqNum, SeqNum); MAX_SACK_BLOCKS],
+    pub n: u8,
+}
 
 #[derive(Debug)]
 pub(crate) struct Receiver {
@@ -28,6 +45,12 @@ pub(crate) struct Receiver {
     rcv_mss: u32,
     /// The user read since our last ACK: a window update may be due.
     read_since_ack: bool,
+    /// Earlier immediate ACKs still to send, oldest first.
+    pub(crate) points: VecDeque<AckPoint>,
+    /// The receive state the pending immediate ACK was owed for.
+    owed: Option<AckPoint>,
+    /// A duplicate to report in the next ACK's first SACK block (RFC 2883).
+    dsack: Option<(SeqNum, SeqNum)>,
 }
 
 impl Receiver {
@@ -44,6 +67,9 @@ impl Receiver {
             unacked_bytes: 0,
             rcv_mss: u32::from(cfg.mss),
             read_since_ack: false,
+            points: VecDeque::new(),
+            owed: None,
+            dsack: None,
         }
     }
 
@@ -114,9 +140,30 @@ impl Receiver {
         cand > cur && cand - cur >= thresh && cand >= cur.saturating_mul(2)
     }
 
+    /// The window field of an earlier ACK (an [`AckPoint`]): the right edge already advertised,
+    /// seen from `ack`.
+    pub(crate) fn advertise_at(&mut self, ack: SeqNum, shift: u8) -> u16 {
+        let w = (self.adv_edge - ack).max(0) as u32;
+        let field = w.div_ceil(1 << shift).min(0xffff);
+        let edge = ack + (field << shift);
+        if edge.gt(self.adv_edge) {
+            self.adv_edge = edge;
+        }
+        field as u16
+    }
+
+    /// The D-SACK block the next ACK of the current state carries.
+    pub(crate) fn pending_dsack(&self) -> Option<(SeqNum, SeqNum)> {
+        self.owed.and_then(|o| o.dsack).or(self.dsack)
+    }
+
+    /// An ACK of the current state went out: it supersedes every earlier one still queued.
     pub(crate) fn on_ack_sent(&mut self) {
         self.unacked_bytes = 0;
         self.read_since_ack = false;
+        self.points.clear();
+        self.owed = None;
+        self.dsack = None;
     }
 
     pub(crate) fn read(&mut self, out: &mut [u8]) -> usize {
@@ -146,6 +193,9 @@ impl Receiver {
     pub(crate) fn clear(&mut self) {
         self.buf.clear();
         self.reasm.clear();
+        self.points.clear();
+        self.owed = None;
+        self.dsack = None;
     }
 }
 
@@ -178,24 +228,85 @@ impl Conn {
         self.check_fin(cx);
     }
 
+    /// Most SACK blocks (D-SACK included) an ACK of ours carries (RFC 2018 §3: three when
+    /// timestamps take room), 0 without SACK.
+    pub(super) fn sack_block_max(&self) -> usize {
+        match (self.sack_ok, self.ts_ok) {
+            (false, _) => 0,
+            (true, true) => 3,
+            (true, false) => MAX_SACK_BLOCKS,
+        }
+    }
+
+    /// An immediate ACK is due for the state just reached. If one is already owed for an
+    /// earlier state (same receive batch), that one is queued to go out first.
+    pub(super) fn owe_ack(&mut self) {
+        if let Some(prev) = self.rcv.owed.take() {
+            if self.rcv.points.len() >= MAX_ACK_POINTS {
+                self.rcv.points.pop_front();
+            }
+            self.rcv.points.push_back(prev);
+        }
+        let dsack = self.rcv.dsack.take();
+        let mut p = AckPoint {
+            ack: self.rcv.nxt,
+            dsack,
+            sacks: [(SeqNum(0), SeqNum(0)); MAX_SACK_BLOCKS],
+            n: 0,
+        };
+        let room = self
+            .sack_block_max()
+            .saturating_sub(usize::from(dsack.is_some()));
+        for (i, b) in self.rcv.sack_blocks(room).into_iter().enumerate() {
+            p.sacks[i] = b;
+            p.n = i as u8 + 1;
+        }
+        self.rcv.owed = Some(p);
+        self.rcv.unacked_bytes = 0;
+        self.ack_now = true;
+    }
+
+    /// A segment whose data all lies below RCV.NXT: report it in a D-SACK (RFC 2883 §4) with
+    /// the immediate ACK it gets.
+    pub(super) fn on_old_duplicate(&mut self, seg: &SegmentIn<'_>) {
+        let end = seg.seq + seg.payload.len() as u32;
+        if self.sack_ok && !seg.payload.is_empty() && end.le(self.rcv.nxt) {
+            self.rcv.dsack = Some((seg.seq, end));
+            self.owe_ack();
+        } else {
+            self.ack_now = true;
+        }
+    }
+
     fn on_text(&mut self, cx: &mut Ctx<'_>, seq: SeqNum, payload: &[u8]) {
+        let sack_ok = self.sack_ok;
         let rcv = &mut self.rcv;
         let mut seq = seq;
         let mut data = payload;
+        let mut immediate = false;
         if seq.lt(rcv.nxt) {
             let d = (rcv.nxt - seq) as usize;
+            if sack_ok {
+                // The part we already had is a duplicate (RFC 2883 §4.1.1).
+                rcv.dsack = Some((seq, seq + d.min(payload.len()) as u32));
+            }
+            immediate = true;
             data = data.get(d..).unwrap_or(&[]);
             seq = rcv.nxt;
         }
         if data.is_empty() {
             // Entirely old: a duplicate; ACK at once so the sender learns RCV.NXT.
-            self.ack_now = true;
+            self.owe_ack();
             return;
         }
         let wnd_end = rcv.nxt + rcv.current_window();
         if seq != rcv.nxt {
+            let end = seq + data.len() as u32;
+            if sack_ok && let Some(dup) = rcv.reasm.overlap(seq, end) {
+                rcv.dsack = Some(dup);
+            }
             rcv.reasm.insert(rcv.nxt, seq, data, wnd_end);
-            self.ack_now = true;
+            self.owe_ack();
             return;
         }
         let take = data.len().min(rcv.current_window() as usize);
@@ -210,13 +321,16 @@ impl Conn {
             let n = reasm.pop_contiguous(*nxt, &mut |d: &[u8]| buf.extend(d));
             *nxt += n;
             // Filling a hole: ACK at once (RFC 5681 §4.2).
-            self.ack_now = true;
+            immediate = true;
         }
         if was_empty && !self.rcv.buf.is_empty() {
             cx.events.push_back(Event::Readable(self.id));
         }
-        if cx.cfg.delayed_ack.is_zero() || self.rcv.unacked_bytes >= 2 * self.rcv.rcv_mss {
-            self.ack_now = true;
+        if immediate
+            || cx.cfg.delayed_ack.is_zero()
+            || self.rcv.unacked_bytes >= 2 * self.rcv.rcv_mss
+        {
+            self.owe_ack();
         } else if self.t_delack.is_none() {
             self.t_delack = Some(cx.now + cx.cfg.delayed_ack);
         }

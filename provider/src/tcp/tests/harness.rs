@@ -84,6 +84,7 @@ impl Seg {
         self.opts.sack_permitted = true;
         self
     }
+    /// SACK blocks, relative to the engine's ISS unless [`Seg::absolute`].
     pub fn sack(mut self, blocks: &[(u32, u32)]) -> Self {
         for (i, b) in blocks.iter().take(4).enumerate() {
             self.opts.sack_blocks[i] = *b;
@@ -308,6 +309,13 @@ impl Harness {
     /// Builds the wire bytes of an injected segment.
     pub fn build(&mut self, s: &Seg) -> Vec<u8> {
         let mut opts = s.opts;
+        if !s.absolute {
+            // SACK blocks name the engine's sequence space, like `ack`.
+            let n = usize::from(opts.sack_count).min(opts.sack_blocks.len());
+            for b in &mut opts.sack_blocks[..n] {
+                *b = (self.iss.wrapping_add(b.0), self.iss.wrapping_add(b.1));
+            }
+        }
         opts.timestamps = match s.ts {
             Some(x) => x,
             None if self.peer_ts => {
@@ -489,6 +497,12 @@ impl Harness {
     /// Listens on LOCAL, completes a passive handshake with `peer` options at t=0 and accepts.
     /// Afterwards the peer's next sequence is 1 and the engine's is 1.
     pub fn passive(cfg: TcpConfig, peer: PeerOpts) -> (Self, ListenerId, ConnId) {
+        Self::passive_rtt(cfg, peer, 0)
+    }
+
+    /// [`Harness::passive`] with the handshake's final ACK at `rtt` ms, so the engine starts
+    /// with an RTT estimate of `rtt` ms.
+    pub fn passive_rtt(cfg: TcpConfig, peer: PeerOpts, rtt: u64) -> (Self, ListenerId, ConnId) {
         let mut h = Self::new(cfg);
         let l = h.engine.listen(LOCAL, 16).expect("listen");
         let mut syn = seg(F_SYN).win(peer.win);
@@ -496,7 +510,7 @@ impl Harness {
         h.inject(0, syn);
         h.expect(0, exp(F_SYN | F_ACK).ack(1));
         h.peer_ts = peer.ts;
-        h.inject(0, seg(F_ACK).seq(1).ack(1).win(peer.win));
+        h.inject(rtt, seg(F_ACK).seq(1).ack(1).win(peer.win));
         h.expect_event(Event::AcceptReady(l));
         let c = h.engine.accept(l).expect("accept");
         assert_eq!(h.engine.state(c), Some(TcpState::Established));

@@ -5,4 +5,5 @@
 
 pub(crate) mod bulk;
 pub(crate) mod harness;
+mod recovery;
 mod scenarios;

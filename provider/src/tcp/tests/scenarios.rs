@@ -304,11 +304,14 @@ fn fill(h: &mut Harness, c: crate::tcp::ConnId, n: usize, seg_len: u32, segs: u3
 
 #[test]
 fn fast_retransmit_on_three_dup_acks_with_sack() {
-    let (mut h, _l, c) = Harness::passive(cfg(), PeerOpts::full());
+    let (mut h, _l, c) = Harness::passive_rtt(cfg(), PeerOpts::full(), 10);
     fill(&mut h, c, 14480, 1448, 10);
+    // RACK (RFC 8985 §6.2): one or two SACKed segments are not enough while the reordering
+    // window (min_RTT/4 = 2.5 ms) runs...
     h.inject(20, seg(F_ACK).seq(1).ack(1).sack(&[(1449, 2897)]));
     h.inject(21, seg(F_ACK).seq(1).ack(1).sack(&[(1449, 4345)]));
     h.expect_nothing_until(21);
+    // ...three are: without reordering seen, the window is 0 from DupThresh SACKed segments on.
     h.inject(22, seg(F_ACK).seq(1).ack(1).sack(&[(1449, 5793)]));
     h.expect(22, exp(F_ACK).seq(1).len(1448));
     // The rest of the hole-free window is SACKed up to 5793; a full ACK ends recovery.
@@ -579,6 +582,91 @@ fn close_in_syn_sent_sends_nothing_and_late_syn_ack_gets_rst() {
 // ------------------------------------------------------------------ RFC 5961 and RSTs
 
 /// Brings a passive connection into `state`; returns the (peer seq, engine seq) expected next.
+/// Our active close: data, FIN, the peer's FIN; TIME_WAIT with RCV.NXT = 2 and SND.NXT = 5.
+fn into_time_wait(peer: PeerOpts) -> (Harness, crate::tcp::ListenerId, crate::tcp::ConnId) {
+    let (mut h, l, c) = Harness::passive(cfg(), peer);
+    h.engine.send(h.now, c, b"bye").unwrap();
+    h.engine.shutdown_write(h.now, c).unwrap();
+    h.drain();
+    h.expect(0, exp(F_ACK | F_PSH | F_FIN).seq(1).len(3));
+    h.inject(10, seg(F_ACK | F_FIN).seq(1).ack(5));
+    h.expect(10, exp(F_ACK).seq(5).ack(2));
+    assert_eq!(h.engine.state(c), Some(TcpState::TimeWait));
+    h.events.retain(|e| matches!(e, Event::Closed(_)));
+    (h, l, c)
+}
+
+/// The peer reconnects from the same port while we hold the 4-tuple in TIME_WAIT (RFC 9293
+/// §3.6.1, RFC 6191). Without timestamps the sequence number decides: a SYN above RCV.NXT
+/// cannot be an old duplicate, so it starts a new incarnation at once (it used to get an ACK,
+/// and the client stalled until its SYN retransmission).
+#[test]
+fn time_wait_reuse_by_a_syn_above_rcv_nxt() {
+    let (mut h, l, c) = into_time_wait(PeerOpts::plain());
+    let old_iss = h.iss;
+    // Not above RCV.NXT: possibly an old duplicate; ACKed as before, TIME_WAIT stays.
+    h.inject(20, seg(F_SYN).seq(1).mss(1000).no_ts());
+    h.expect(20, exp(F_ACK).seq(5).ack(2));
+    assert_eq!(h.engine.state(c), Some(TcpState::TimeWait));
+    // Above: the old incarnation ends and the listener answers the SYN, with an ISS above
+    // everything the old incarnation sent.
+    h.inject(30, seg(F_SYN).seq(100_000).mss(1000).no_ts());
+    h.expect_event(Event::Closed(c));
+    let sa = h.expect(30, exp(F_SYN | F_ACK).ack(100_001));
+    assert_eq!(sa.seq, old_iss.wrapping_add(5 + 65_535 + 2));
+    h.inject(40, seg(F_ACK).seq(100_001).ack(1).no_ts());
+    h.expect_event(Event::AcceptReady(l));
+    let c2 = h.engine.accept(l).expect("new incarnation");
+    assert_ne!(c2, c);
+    assert_eq!(h.engine.state(c2), Some(TcpState::Established));
+    assert_eq!(h.engine.connection_count(), 1);
+    h.inject(50, seg(F_ACK | F_PSH).seq(100_001).ack(1).len(10).no_ts());
+    assert_eq!(h.engine.recv_available(c2), 10);
+}
+
+/// With timestamps on the old incarnation a newer TSval decides, whatever the sequence number
+/// (RFC 6191 §2); an older TSval is a PAWS reject and never reuses the tuple.
+#[test]
+fn time_wait_reuse_by_a_syn_with_a_newer_timestamp() {
+    let (mut h, l, c) = into_time_wait(PeerOpts::full());
+    let ts_recent = h.peer_tsval;
+    // Older timestamp (and a sequence number above RCV.NXT): ACK, TIME_WAIT stays.
+    h.inject(20, seg(F_SYN).seq(100_000).mss(1460).ts(ts_recent - 1, 0));
+    h.expect(20, exp(F_ACK).seq(5).ack(2));
+    assert_eq!(h.engine.state(c), Some(TcpState::TimeWait));
+    // Newer timestamp, sequence number below RCV.NXT (a random ISN): new incarnation.
+    h.inject(
+        30,
+        seg(F_SYN)
+            .seq(u32::MAX - 5000)
+            .mss(1460)
+            .ws(7)
+            .sack_perm()
+            .ts(ts_recent + 30, 0),
+    );
+    h.expect_event(Event::Closed(c));
+    h.expect(30, exp(F_SYN | F_ACK).ack(u32::MAX - 4999).has_ts(true));
+    h.inject(40, seg(F_ACK).seq(u32::MAX - 4999).ack(1));
+    h.expect_event(Event::AcceptReady(l));
+    let c2 = h.engine.accept(l).unwrap();
+    assert_eq!(h.engine.state(c2), Some(TcpState::Established));
+}
+
+/// Without a listener (we were the client) there is nobody to take a new incarnation.
+#[test]
+fn time_wait_without_a_listener_is_not_reused() {
+    let (mut h, c) = Harness::active(cfg(), ConnOptions::default(), PeerOpts::plain());
+    h.engine.shutdown_write(h.now, c).unwrap();
+    h.drain();
+    h.expect(0, exp(F_ACK | F_FIN).seq(1));
+    h.inject(10, seg(F_ACK | F_FIN).seq(1).ack(2));
+    h.expect(10, exp(F_ACK).seq(2).ack(2));
+    assert_eq!(h.engine.state(c), Some(TcpState::TimeWait));
+    h.inject(20, seg(F_SYN).seq(100_000).mss(1000));
+    h.expect(20, exp(F_ACK).seq(2).ack(2));
+    assert_eq!(h.engine.state(c), Some(TcpState::TimeWait));
+}
+
 fn reach(state: TcpState) -> (Harness, crate::tcp::ConnId, u32, u32) {
     let (mut h, _l, c) = Harness::passive(cfg(), PeerOpts::full());
     let (p, e) = match state {
