@@ -3,8 +3,9 @@
 //! side (kernel or provider) pinned to CPU 0, the peer's client pinned to CPU 1.
 //!
 //! 1. Latency and message rate with the unmodified Debian `sockperf` client: `ping-pong` 64 B
-//!    (RTT p50/p99/p99.9, `--full-rtt`) and `throughput` 64 B and 1400 B (message rate) against
-//!    `sockperf server --tcp` (kernel) and `provider sockperf-server --tcp` (provider).
+//!    (RTT p50/p99/p99.9, `--full-rtt`) and `throughput` 64 B and 1400 B (message rate; once
+//!    with sockperf's default Nagle, once with `--tcp-avoid-nodelay`) against `sockperf server
+//!    --tcp` (kernel) and `provider sockperf-server --tcp` (provider).
 //! 2. Bulk transfer, each direction: `provider kernel-tcp-source` in the peer → `tcp-sink` /
 //!    `kernel-tcp-sink` in the provider namespace, and `tcp-source` / `kernel-tcp-source` in the
 //!    provider namespace → `kernel-tcp-sink` in the peer. The rate is the sink's (accept → EOF).
@@ -14,9 +15,13 @@
 //!    `tcp_tw_reuse_delay=1` ms and ports 10000–65000 so the client's TIME_WAIT never caps the
 //!    rate (without them the kernel client tops out near 32 k connects/s).
 //!
+//! Every measurement runs `--rounds` times (default 3), kernel and provider alternating which
+//! goes first; the table shows the median, the JSON every run. With `--perf`, each provider
+//! process runs under `perf record -g` (bench-results/perf/tcp-<run>.data).
+//!
 //! Targets (reported, never enforced): p50 ≤ 0.7× kernel, message rate ≥ 1.5× kernel, bulk ≥
 //! kernel, connections/s ≥ 2× kernel. A measurement that fails is reported as failed in the
-//! table and the JSON; the others still run.
+//! table (with a numbered note) and the JSON; the others still run.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -422,16 +427,15 @@ fn settle() -> Result<()> {
 #[derive(Debug)]
 struct SockperfRuns {
     ping_pong: std::result::Result<PingPong, String>,
-    tp64: Measured,
-    tp1400: Measured,
+    /// Message rates in [`THROUGHPUT_RUNS`] order.
+    rates: Vec<Measured>,
     raw: Value,
 }
 
 fn sockperf_all_failed(why: &str) -> SockperfRuns {
     SockperfRuns {
         ping_pong: Err(why.to_owned()),
-        tp64: Err(why.to_owned()),
-        tp1400: Err(why.to_owned()),
+        rates: vec![Err(why.to_owned()); THROUGHPUT_RUNS.len()],
         raw: json!({ "error": why }),
     }
 }
@@ -526,15 +530,19 @@ fn sockperf_runs_inner(r: &Runner, stack: Stack, seconds: u64, round: u16) -> Re
         parse_ping_pong(&o.stdout).with_context(|| last_lines(&o.stderr, &[o.stdout.clone()]))
     });
     let mut rates = Vec::new();
-    for size in ["64", "1400"] {
-        let rate = client("throughput", size, &[]).and_then(|o| {
-            raw.insert(format!("throughput_{size}"), o.stdout.clone().into());
+    for (size, nodelay) in THROUGHPUT_RUNS {
+        let extra: &[&str] = if nodelay {
+            &["--tcp-avoid-nodelay"]
+        } else {
+            &[]
+        };
+        let rate = client("throughput", size, extra).and_then(|o| {
+            let key = format!("throughput_{size}{}", if nodelay { "_nodelay" } else { "" });
+            raw.insert(key, o.stdout.clone().into());
             parse_msg_rate(&o.stdout)
         });
         rates.push(rate.map_err(|e| format!("{e:#}")));
     }
-    let tp1400 = rates.pop().unwrap_or_else(|| Err("not run".into()));
-    let tp64 = rates.pop().unwrap_or_else(|| Err("not run".into()));
     let status = server.stop();
     let tail = server.stderr_tail();
     // The provider server prints its counters as JSON on stderr when it stops.
@@ -548,8 +556,7 @@ fn sockperf_runs_inner(r: &Runner, stack: Stack, seconds: u64, round: u16) -> Re
     raw.insert("server_exit".into(), status.to_string().into());
     Ok(SockperfRuns {
         ping_pong: ping_pong.map_err(|e| format!("{e:#}")),
-        tp64,
-        tp1400,
+        rates,
         raw: Value::Object(raw),
     })
 }
@@ -807,11 +814,17 @@ fn connect_rate_inner(
 const PP_P50: usize = 0;
 const PP_P99: usize = 1;
 const PP_P999: usize = 2;
-const TP_64: usize = 3;
-const TP_1400: usize = 4;
-const BULK_RX: usize = 5;
-const BULK_TX: usize = 6;
-const CPS: usize = 7;
+/// First of the [`THROUGHPUT_RUNS`] rows.
+const TP_FIRST: usize = 3;
+const BULK_RX: usize = TP_FIRST + THROUGHPUT_RUNS.len();
+const BULK_TX: usize = BULK_RX + 1;
+const CPS: usize = BULK_TX + 1;
+
+/// `sockperf throughput` runs: (message size, client TCP_NODELAY). sockperf's throughput mode
+/// keeps Nagle on unless `--tcp-avoid-nodelay` is given; both are measured, because with Nagle
+/// the client's rate follows the server's ACK turnaround rather than its receive path.
+const THROUGHPUT_RUNS: [(&str, bool); 4] =
+    [("64", false), ("1400", false), ("64", true), ("1400", true)];
 
 fn empty_rows(bytes: u64, parallel: usize) -> Vec<Row> {
     let row = |metric: String, unit, target| Row {
@@ -822,7 +835,7 @@ fn empty_rows(bytes: u64, parallel: usize) -> Vec<Row> {
         target,
     };
     let mib = bytes >> 20;
-    vec![
+    let mut rows = vec![
         row(
             "ping-pong 64 B RTT p50".into(),
             "µs",
@@ -830,16 +843,18 @@ fn empty_rows(bytes: u64, parallel: usize) -> Vec<Row> {
         ),
         row("ping-pong 64 B RTT p99".into(), "µs", Target::None),
         row("ping-pong 64 B RTT p99.9".into(), "µs", Target::None),
-        row(
-            "throughput 64 B message rate".into(),
+    ];
+    for (size, nodelay) in THROUGHPUT_RUNS {
+        rows.push(row(
+            format!(
+                "throughput {size} B message rate{}",
+                if nodelay { ", client NODELAY" } else { "" }
+            ),
             "msg/s",
             Target::AtLeast(MSG_RATE_MIN_RATIO),
-        ),
-        row(
-            "throughput 1400 B message rate".into(),
-            "msg/s",
-            Target::AtLeast(MSG_RATE_MIN_RATIO),
-        ),
+        ));
+    }
+    rows.extend([
         row(
             format!("bulk peer → server ({mib} MiB)"),
             "Gb/s",
@@ -855,7 +870,8 @@ fn empty_rows(bytes: u64, parallel: usize) -> Vec<Row> {
             "conn/s",
             Target::AtLeast(CPS_MIN_RATIO),
         ),
-    ]
+    ]);
+    rows
 }
 
 fn push(rows: &mut [Row], i: usize, stack: Stack, m: Measured) {
@@ -922,8 +938,9 @@ pub fn tcp(opts: &TcpBenchOptions) -> Result<()> {
             push(&mut rows, PP_P50, stack, pp(|p| p.p50));
             push(&mut rows, PP_P99, stack, pp(|p| p.p99));
             push(&mut rows, PP_P999, stack, pp(|p| p.p999));
-            push(&mut rows, TP_64, stack, runs.tp64.clone());
-            push(&mut rows, TP_1400, stack, runs.tp1400.clone());
+            for (i, rate) in runs.rates.iter().enumerate() {
+                push(&mut rows, TP_FIRST + i, stack, rate.clone());
+            }
             raw.insert(
                 format!("sockperf/{}", stack.name()),
                 json!({ "ping_pong": runs.ping_pong.as_ref().ok(), "runs": runs.raw }),
@@ -972,7 +989,7 @@ pub fn tcp(opts: &TcpBenchOptions) -> Result<()> {
         println!("  [{}] {note}", i + 1);
     }
     println!(
-        "  (ratio = provider / kernel; RTT from `sockperf ping-pong --full-rtt`; message rate is the sockperf client's send rate (its throughput mode keeps Nagle on); bulk = the sink's bytes / (accept → EOF); connections/s counted by the client, which closes first — TIME_WAIT stays on the kernel peer)"
+        "  (ratio = provider / kernel; RTT from `sockperf ping-pong --full-rtt`; message rate is the sockperf client's send rate (its throughput mode keeps Nagle on; NODELAY rows add --tcp-avoid-nodelay); bulk = the sink's bytes / (accept → EOF); connections/s counted by the client, which closes first — TIME_WAIT stays on the kernel peer)"
     );
     if let Some(d) = &r.perf_dir {
         println!(
@@ -1038,7 +1055,7 @@ pub fn render_table(rows: &[Row]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "  {:<42} {:>7} {:>14} {:>14} {:>8} {:>8}  {}",
+        "  {:<46} {:>7} {:>14} {:>14} {:>8} {:>8}  {}",
         "metric", "unit", "kernel", "provider", "ratio", "target", "result"
     );
     for row in rows {
@@ -1059,7 +1076,7 @@ pub fn render_table(rows: &[Row]) -> String {
         };
         let _ = writeln!(
             out,
-            "  {:<42} {:>7} {:>14} {:>14} {:>8} {:>8}  {}",
+            "  {:<46} {:>7} {:>14} {:>14} {:>8} {:>8}  {}",
             row.metric,
             row.unit,
             cell(&row.kernel_runs),
