@@ -249,10 +249,10 @@ pub fn parse_ping_pong(output: &str) -> Result<PingPong> {
     for line in text.lines() {
         if let Some(i) = line.find("> percentile ") {
             let rest = &line[i + "> percentile ".len()..];
-            if let Some((p, v)) = rest.split_once('=') {
-                if let (Ok(p), Ok(v)) = (p.trim().parse::<f64>(), v.trim().parse::<f64>()) {
-                    pct.insert((p * 1000.0).round() as u64, v);
-                }
+            if let Some((p, v)) = rest.split_once('=')
+                && let (Ok(p), Ok(v)) = (p.trim().parse::<f64>(), v.trim().parse::<f64>())
+            {
+                pct.insert((p * 1000.0).round() as u64, v);
             }
         } else if line.contains("<MAX> observation") {
             max = line
@@ -527,7 +527,8 @@ fn sockperf_runs_inner(r: &Runner, stack: Stack, seconds: u64, round: u16) -> Re
     let mut raw = serde_json::Map::new();
     let ping_pong = client("ping-pong", "64", &["--full-rtt"]).and_then(|o| {
         raw.insert("ping_pong_64".into(), o.stdout.clone().into());
-        parse_ping_pong(&o.stdout).with_context(|| last_lines(&o.stderr, &[o.stdout.clone()]))
+        parse_ping_pong(&o.stdout)
+            .with_context(|| last_lines(&o.stderr, std::slice::from_ref(&o.stdout)))
     });
     let mut rates = Vec::new();
     for (size, nodelay) in THROUGHPUT_RUNS {
@@ -1055,8 +1056,8 @@ pub fn render_table(rows: &[Row]) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "  {:<46} {:>7} {:>14} {:>14} {:>8} {:>8}  {}",
-        "metric", "unit", "kernel", "provider", "ratio", "target", "result"
+        "  {:<46} {:>7} {:>14} {:>14} {:>8} {:>8}  result",
+        "metric", "unit", "kernel", "provider", "ratio", "target"
     );
     for row in rows {
         let cell = |runs: &[Measured]| match aggregate(runs) {
