@@ -6,6 +6,8 @@
 //!   `BPF_PROG_TEST_RUN` repeat mode) against a bare `XDP_PASS` program in the same run.
 //! - `udp-rx`: UDP receive rate of a kernel socket vs the provider in the same lab, same
 //!   generator, pinned CPUs (sink on CPU 0, generator on CPU 1).
+//! - `tcp`: sockperf latency and message rate, bulk Gb/s each way and connections/s, kernel
+//!   vs provider in one run (see [`crate::bench_tcp`]).
 //! - `close`: WSPCloseSocket vs kernel close(2) — hard-close RST latency on the wire, graceful
 //!   close of a 1 MiB backlog, closes per second (`bench_close.rs`).
 
@@ -27,7 +29,7 @@ mod close_bench;
 pub use close_bench::{CloseOptions, HARD_CLOSE_P50_MAX_NS, close};
 
 /// Known benchmark names, for the error on an unknown one.
-pub const NAMES: &[&str] = &["xdp", "udp-rx", "close"];
+pub const NAMES: &[&str] = &["xdp", "udp-rx", "tcp", "close"];
 
 /// Target ratios from the issue (reported, not enforced).
 pub const XDP_STEER_MAX_RATIO: f64 = 1.5;
@@ -40,7 +42,7 @@ pub fn unknown(name: &str) -> anyhow::Error {
     )
 }
 
-fn write_result(name: &str, v: &Value) -> Result<()> {
+pub(crate) fn write_result(name: &str, v: &Value) -> Result<()> {
     let path = provider_bin::bench_results_dir()?.join(format!("{name}.json"));
     std::fs::write(&path, serde_json::to_vec_pretty(v)?)
         .with_context(|| format!("write {}", path.display()))?;
@@ -48,7 +50,7 @@ fn write_result(name: &str, v: &Value) -> Result<()> {
     Ok(())
 }
 
-fn unix_now() -> u64 {
+pub(crate) fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -382,6 +384,10 @@ mod tests {
         .collect();
         // Generator ran from 100 ms to 1100 ms: 250..1000 inside, first and last dropped.
         assert_eq!(window(&lines, at(100), at(1100)), vec![20.0, 30.0]);
-        assert!(unknown("nope").to_string().contains("xdp, udp-rx, close"));
+        assert!(
+            unknown("nope")
+                .to_string()
+                .contains("xdp, udp-rx, tcp, close")
+        );
     }
 }

@@ -40,7 +40,8 @@ enum Cmd {
     /// Run `target/release/provider <args…>` on a real NIC (after setup and a release build),
     /// e.g. `cargo xtask run -- echo --iface eth1 --udp 7`.
     Run(Rest),
-    /// Benchmark the provider against the kernel (xdp, udp-rx, close); results in bench-results/.
+    /// Benchmark the provider against the kernel (xdp, udp-rx, tcp, close); results in
+    /// bench-results/.
     Bench {
         #[command(subcommand)]
         which: BenchCmd,
@@ -100,6 +101,25 @@ enum BenchCmd {
         /// Backlog bytes sent right before each graceful close.
         #[arg(long, default_value_t = 1 << 20)]
         backlog_bytes: usize,
+    },
+    /// TCP: sockperf latency / message rate, bulk Gb/s each way, connections/s — kernel vs
+    /// provider, same lab, same kernel-stack clients, pinned CPUs.
+    Tcp {
+        /// Seconds per sockperf run and per connection-rate run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Bytes per bulk run (each direction, each stack).
+        #[arg(long, default_value_t = 2 << 30)]
+        bytes: u64,
+        /// Connections in flight in the connect/close loop.
+        #[arg(long, default_value_t = 8)]
+        parallel: usize,
+        /// Rounds (kernel and provider alternate); each metric is the median over rounds.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// Record the provider processes with `perf record -g` (bench-results/perf/).
+        #[arg(long)]
+        perf: bool,
     },
     #[command(external_subcommand)]
     Other(Vec<String>),
@@ -218,6 +238,19 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode> {
                 conns,
                 backlog_reps,
                 backlog_bytes,
+            })?,
+            BenchCmd::Tcp {
+                seconds,
+                bytes,
+                parallel,
+                rounds,
+                perf,
+            } => xtask::bench_tcp::tcp(&xtask::bench_tcp::TcpBenchOptions {
+                seconds,
+                bytes,
+                parallel,
+                rounds,
+                perf,
             })?,
             BenchCmd::Other(args) => {
                 return Err(xtask::bench::unknown(

@@ -1,5 +1,6 @@
 //! The `provider` binary's subcommands.
 mod bench_close;
+mod bench_tcp;
 mod cat;
 mod mmsg;
 mod script;
@@ -49,6 +50,20 @@ enum Command {
     KernelSink(tools::KernelSinkArgs),
     /// Benchmark sink: count UDP datagrams through the provider.
     ProviderSink(tools::ProviderSinkArgs),
+    /// TCP benchmark: accept one connection through the provider, read to EOF, report.
+    TcpSink(bench_tcp::TcpSinkArgs),
+    /// TCP benchmark: connect through the provider, send N bytes, shut down, report.
+    TcpSource(bench_tcp::TcpSourceArgs),
+    /// TCP benchmark: accept one connection on a kernel socket, read to EOF, report.
+    KernelTcpSink(bench_tcp::KernelTcpSinkArgs),
+    /// TCP benchmark: connect a kernel socket, send N bytes, shut down, report.
+    KernelTcpSource(bench_tcp::KernelTcpSourceArgs),
+    /// TCP benchmark: accept, read to EOF, close, in a loop (provider) until SIGTERM.
+    AcceptClose(bench_tcp::AcceptCloseArgs),
+    /// TCP benchmark: accept, read to EOF, close, in a loop (kernel sockets) until SIGTERM.
+    KernelAcceptClose(bench_tcp::KernelAcceptCloseArgs),
+    /// TCP benchmark client: K kernel sockets connect and close in a loop; conns/s.
+    KernelConnectLoop(bench_tcp::KernelConnectLoopArgs),
     /// netcat-like: listen or connect (TCP or UDP), stdin → socket → stdout.
     Cat(cat::CatArgs),
     /// Server for the unmodified `sockperf` client (ping-pong, throughput, under-load), UDP and TCP.
@@ -207,6 +222,13 @@ pub fn run() {
         Command::Pktgen(args) => tools::pktgen(args),
         Command::KernelSink(args) => tools::kernel_sink(args),
         Command::ProviderSink(args) => tools::provider_sink(args),
+        Command::TcpSink(args) => bench_tcp::tcp_sink(args),
+        Command::TcpSource(args) => bench_tcp::tcp_source(args),
+        Command::KernelTcpSink(args) => bench_tcp::kernel_tcp_sink(args),
+        Command::KernelTcpSource(args) => bench_tcp::kernel_tcp_source(args),
+        Command::AcceptClose(args) => bench_tcp::accept_close(args),
+        Command::KernelAcceptClose(args) => bench_tcp::kernel_accept_close(args),
+        Command::KernelConnectLoop(args) => bench_tcp::kernel_connect_loop(args),
         Command::Cat(args) => cat::cat(args),
         Command::SockperfServer(args) => sockperf::sockperf_server(args),
         Command::Script(args) => script::script(args),
