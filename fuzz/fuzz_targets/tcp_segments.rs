@@ -75,7 +75,10 @@ impl Peer {
     fn record(&mut self, start: u32, end: u32) {
         let iss = self.engine_iss;
         let key = |s: u32| s.wrapping_sub(iss);
-        match self.segs.binary_search_by_key(&key(start), |&(s, _)| key(s)) {
+        match self
+            .segs
+            .binary_search_by_key(&key(start), |&(s, _)| key(s))
+        {
             Ok(i) => self.segs[i].1 = end,
             Err(i) => self.segs.insert(i, (start, end)),
         }
@@ -118,7 +121,11 @@ impl World {
             let Some(t) = self.engine.poll_transmit(self.now, &mut buf) else {
                 break;
             };
-            assert!(t.len <= buf.len(), "transmit of {} bytes in a {size}-byte buffer", t.len);
+            assert!(
+                t.len <= buf.len(),
+                "transmit of {} bytes in a {size}-byte buffer",
+                t.len
+            );
             let seg = SegmentIn::parse(&buf[..t.len]).expect("the engine wrote a bad segment");
             assert_eq!(seg.src_port, t.local.port());
             assert_eq!(seg.dst_port, t.remote.port());
@@ -130,7 +137,7 @@ impl World {
                 if let Some((v, _)) = seg.opts.timestamps {
                     self.peer.ts_ecr = v;
                 }
-                if seg.len() > 0 && !seg.syn() {
+                if !seg.is_empty() && !seg.syn() {
                     self.peer.record(seg.seq.0, end);
                 }
             }
@@ -282,9 +289,12 @@ fn run(data: &[u8]) {
                 w.inject(&seg, &[]);
             }
             // A segment built from fields relative to both sides' sequence numbers.
-            0 | 1 | 2 => {
+            0..=2 => {
                 let flags = TcpFlags(u16::from(input.u8() & 0x3f));
-                let seq = w.peer.nxt.wrapping_add(i32::from(input.u16() as i16) as u32);
+                let seq = w
+                    .peer
+                    .nxt
+                    .wrapping_add(i32::from(input.u16() as i16) as u32);
                 let ack = w
                     .peer
                     .engine_max
@@ -362,7 +372,7 @@ fn run(data: &[u8]) {
                 let avail = w.engine.recv_available(conn);
                 assert!(avail <= w.cfg.recv_buffer);
                 match w.engine.recv(w.now, conn, &mut buf) {
-                    Ok(k) => assert!(k <= n && k <= avail.max(0), "recv {k} of {n}, {avail}"),
+                    Ok(k) => assert!(k <= n && k <= avail, "recv {k} of {n}, {avail}"),
                     Err(TcpError::WouldBlock) => assert!(avail == 0 || n == 0),
                     Err(_) => {}
                 }
@@ -400,7 +410,11 @@ fn run(data: &[u8]) {
         }
     }
     if std::env::var_os("FUZZ_STATS").is_some() {
-        eprintln!("STATS {:?} {:?}", w.engine.state(conn), w.engine.stats(conn));
+        eprintln!(
+            "STATS {:?} {:?}",
+            w.engine.state(conn),
+            w.engine.stats(conn)
+        );
     }
     // Let everything settle: timers run out, nothing panics, the engine stays consistent.
     w.drain(2048);
