@@ -1,5 +1,10 @@
 //! Sender-side SACK scoreboard (RFC 2018, loss recovery per RFC 6675).
 //!
+//! The connection's sender (`conn/send.rs`) no longer uses this type: RACK (RFC 8985) needs a
+//! send time per transmitted segment, so the sender keeps SACKed/lost/in-flight state on its
+//! transmit queue instead. This byte-range scoreboard stays as a standalone building block (and
+//! documents RFC 6675's IsLost/SetPipe/NextSeg in their original byte form).
+//!
 //! The scoreboard remembers which byte ranges above `SND.UNA` the peer has selectively
 //! acknowledged and answers RFC 6675's questions: `IsLost` (§4), `SetPipe` (§4) and rule 1 of
 //! `NextSeg` (§4). It stores byte ranges, not segments, so it does not depend on how data was
