@@ -120,6 +120,7 @@ pub fn run_with(tolerate_needs_root: bool) -> Result<Report> {
     check_nightly(&mut report)?;
     rust_src(&mut report);
     bpf_linker(&mut report);
+    cargo_fuzz(&mut report);
     apt(&mut report, root);
     bpffs(&mut report, root);
 
@@ -284,6 +285,22 @@ fn bpf_linker(report: &mut Report) {
             ),
         ),
         None => report.push(STEP, Outcome::Failed, "installed but not found"),
+    }
+}
+
+/// cargo-fuzz runs the fuzz smoke test of `cargo xtask test` (libFuzzer targets in `fuzz/`).
+/// Any recent version works; `--locked` keeps its own dependency versions.
+fn cargo_fuzz(report: &mut Report) {
+    const STEP: &str = "cargo-fuzz";
+    let present = cmd::which("cargo-fuzz").is_some()
+        || cmd::cargo_home_bin().join("cargo-fuzz").exists();
+    if present {
+        report.push(STEP, Outcome::Present, "cargo fuzz");
+        return;
+    }
+    match cmd::run(cmd::cargo().args(["install", "cargo-fuzz", "--locked"])) {
+        Ok(()) => report.push(STEP, Outcome::Installed, "cargo install cargo-fuzz"),
+        Err(e) => report.push(STEP, Outcome::Failed, format!("{e:#}")),
     }
 }
 

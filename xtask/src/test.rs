@@ -121,6 +121,20 @@ fn run_steps(opts: &TestOptions, steps: &mut Steps) -> Result<()> {
         cmd::run(&mut c)
     })?;
 
+    // A short fuzz smoke run of each cargo-fuzz target (fuzz/README.md); a crash fails the run.
+    if opts.packages.is_empty() && opts.filter.is_none() && !opts.quick {
+        for target in ["tcp_segments", "frame_parse"] {
+            steps.step(&format!("cargo fuzz run {target} (20 s smoke)"), || {
+                cmd::run(
+                    Command::new("cargo")
+                        .args(["+nightly", "fuzz", "run", "-a", target, "--"])
+                        .arg("-max_total_time=20")
+                        .current_dir(crate::workspace_root()),
+                )
+            })?;
+        }
+    }
+
     if root {
         // The end-to-end tests run `target/debug/provider`: build it in the profile `cargo
         // test` uses (debug) before they start.
