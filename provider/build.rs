@@ -1,4 +1,6 @@
-//! Builds the XDP program so `cargo build` of this crate is all a user runs.
+//! Builds the XDP program so `cargo build` of this crate is all a user runs, and generates the
+//! C header of the ABI (`src/ffi/`) with cbindgen into `OUT_DIR/provider.h`; a unit test
+//! (`ffi::tests::header_is_current`) checks that the committed `include/provider.h` matches.
 //!
 //! `provider-ebpf` is its own nightly workspace (DESIGN §11): its `.cargo/config.toml` (target
 //! `bpfel-unknown-none`, build-std) applies only when cargo runs inside that folder, so we run
@@ -8,6 +10,7 @@
 use std::{env, path::PathBuf, process::Command};
 
 fn main() {
+    generate_header();
     let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
     let ebpf_dir = manifest.join("../provider-ebpf");
     let common_dir = manifest.join("../provider-common");
@@ -68,4 +71,32 @@ fn main() {
     let object = target_dir.join("bpfel-unknown-none/release/provider");
     std::fs::copy(&object, &dst)
         .unwrap_or_else(|err| panic!("copy {} -> {}: {err}", object.display(), dst.display()));
+}
+
+/// `OUT_DIR/provider.h` from `src/ffi/` (only that module: the rest of the crate is not ABI).
+/// A failure is a warning here; the header test then fails with the reason.
+fn generate_header() {
+    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
+    let out = PathBuf::from(env::var("OUT_DIR").unwrap()).join("provider.h");
+    for path in [manifest.join("src/ffi"), manifest.join("cbindgen.toml")] {
+        println!("cargo:rerun-if-changed={}", path.display());
+    }
+    let result = cbindgen::Config::from_file(manifest.join("cbindgen.toml"))
+        .map_err(|e| e.to_string())
+        .and_then(|config| {
+            cbindgen::Builder::new()
+                .with_config(config)
+                .with_src(manifest.join("src/ffi/mod.rs"))
+                .generate()
+                .map_err(|e| e.to_string())
+        });
+    match result {
+        Ok(bindings) => {
+            bindings.write_to_file(&out);
+        }
+        Err(e) => {
+            println!("cargo:warning=cbindgen: {e}");
+            let _ = std::fs::write(&out, format!("/* cbindgen failed: {e} */\n"));
+        }
+    }
 }

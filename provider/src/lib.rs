@@ -5,6 +5,7 @@
 //! calls), with `engine` running the per-queue loop that ties them together.
 pub mod api;
 pub mod engine;
+pub mod ffi;
 pub mod net;
 pub mod socket;
 pub mod tcp;
