@@ -67,14 +67,23 @@ use crate::udp::{DEFAULT_EPHEMERAL, UdpDemux, UdpState};
 
 #[cfg(test)]
 mod close_tests;
+pub mod events;
+#[cfg(test)]
+mod events_tests;
 pub mod loopback;
+pub mod overlapped;
 pub mod stream;
 #[cfg(test)]
 mod stream_tests;
 #[cfg(test)]
 mod tests;
 
+pub use events::{
+    FD_ACCEPT, FD_ACCEPT_BIT, FD_ALL, FD_CLOSE, FD_CLOSE_BIT, FD_CONNECT, FD_CONNECT_BIT,
+    FD_MAX_EVENTS, FD_OOB, FD_READ, FD_READ_BIT, FD_WRITE, FD_WRITE_BIT, NetworkEvents, WsaEvent,
+};
 pub use loopback::LoopbackDatapath;
+pub use overlapped::{Completion, CompletionQueue, CompletionRoutine, Overlapped};
 pub use stream::{SD_BOTH, SD_RECEIVE, SD_SEND, SOMAXCONN};
 
 /// Largest UDP payload over IPv4 (65535 − 20 − 8) and IPv6 (65535 − 8, no jumbograms).
@@ -194,6 +203,11 @@ pub struct Provider {
     tcp_ports: UdpDemux<u64>,
     /// The TCP engine and its socket maps.
     tcp: stream::TcpHost,
+    /// Event selections, recorded network events and pending overlapped operations, per
+    /// socket id (see `events`). Lock order: socket state → engine → this.
+    asyncs: events::Asyncs,
+    /// The completion thread that runs overlapped completion routines.
+    routines: overlapped::RoutineThread,
 }
 
 impl std::fmt::Debug for Provider {
@@ -231,6 +245,8 @@ impl Provider {
             udp: UdpDemux::new(),
             bind_lock: Mutex::new(()),
             counters: Counters::default(),
+            asyncs: Default::default(),
+            routines: Default::default(),
         }
     }
 
@@ -282,6 +298,7 @@ impl Provider {
         let reuse = st.options.reuse_addr;
         let local = self.bind_endpoint(&e, ip, addr.port(), reuse)?;
         st.udp()?.local = Some(local);
+        self.async_record(e.id, events::FD_WRITE, 0);
         Ok(())
     }
 
@@ -403,8 +420,11 @@ impl Provider {
         if st.udp()?.local.is_none() {
             return Err(WsaError::WSAEINVAL);
         }
+        let epoch = st.interrupts;
         loop {
             if let Some(d) = st.udp()?.queue.pop() {
+                let queued = st.udp()?.queue.front_len().is_some();
+                self.async_udp_after_recv(e.id, queued);
                 drop(st);
                 let len = d.payload.len().min(buf.len());
                 buf[..len].copy_from_slice(&d.payload[..len]);
@@ -415,6 +435,7 @@ impl Provider {
                 });
             }
             if st.nonblocking {
+                self.async_udp_after_recv(e.id, false);
                 return Err(WsaError::WSAEWOULDBLOCK);
             }
             st.waiters += 1;
@@ -423,7 +444,7 @@ impl Provider {
                 .wait(st)
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             st.waiters -= 1;
-            if st.closed {
+            if st.closed || st.interrupts != epoch {
                 return Err(WsaError::WSAEINTR);
             }
         }
@@ -457,6 +478,7 @@ impl Provider {
                 Err(_) => None,
             }
         };
+        self.async_close(entry.id);
         if let Some(local) = local {
             self.unbind_endpoint(&entry, local);
         }
@@ -470,7 +492,13 @@ impl Provider {
         let e = self.table.get(s)?;
         let mut st = e.lock_open()?;
         match code {
-            FIONBIO => st.nonblocking = *arg != 0,
+            FIONBIO => {
+                // WSPEventSelect'ed sockets stay nonblocking (Winsock: WSAEINVAL).
+                if *arg == 0 && self.async_mask(e.id) != 0 {
+                    return Err(WsaError::WSAEINVAL);
+                }
+                st.nonblocking = *arg != 0;
+            }
             FIONREAD => {
                 let n = if e.kind == SocketKind::Stream {
                     self.stream_readable(&mut st)?
@@ -532,6 +560,22 @@ impl Provider {
         st.udp()?.local.ok_or(WsaError::WSAEINVAL)
     }
 
+    /// Interrupt every blocking call in progress on `s` (any thread): each returns WSAEINTR.
+    /// Calls started afterwards block normally. The per-socket analogue of Winsock 1.1's
+    /// WSACancelBlockingCall (see [`Provider::wsp_cancel_blocking_call`]).
+    pub fn cancel_blocking_calls(&self, s: Socket) -> WspResult<()> {
+        let e = self.table.get(s)?;
+        {
+            let mut st = e.lock_open()?;
+            st.interrupts = st.interrupts.wrapping_add(1);
+            if st.waiters > 0 {
+                e.readable.notify_all();
+            }
+        }
+        e.signal.notify();
+        Ok(())
+    }
+
     /// A second handle to the same socket (WSPDuplicateSocket within the process). The socket is
     /// released when its last handle is closed.
     pub fn duplicate(&self, s: Socket) -> WspResult<Socket> {
@@ -561,9 +605,12 @@ impl Provider {
         };
         if udp.queue.push(remote, payload, limit) {
             bump(&self.counters.udp_delivered);
+            let done = self.async_udp_delivered(e.id, udp);
             if st.waiters > 0 {
                 e.readable.notify_one();
             }
+            drop(st);
+            self.dispatch(done);
         } else {
             bump(&self.counters.udp_dropped_queue_full);
         }

@@ -73,6 +73,8 @@ struct ConnSlot {
 /// The engine and the maps from its handles back to sockets.
 pub(crate) struct TcpInner {
     pub(crate) engine: TcpEngine,
+    /// Overlapped completions collected under the lock, delivered by `with_tcp` after it.
+    pub(crate) completions: super::events::Done,
     conns: HashMap<ConnId, ConnSlot>,
     listeners: HashMap<ListenerId, Weak<SocketEntry>>,
     /// References per steered TCP endpoint: bound sockets plus live connections.
@@ -97,6 +99,7 @@ impl TcpHost {
         TcpHost {
             inner: Mutex::new(TcpInner {
                 engine: TcpEngine::new(config, secret, now),
+                completions: Vec::new(),
                 conns: HashMap::new(),
                 listeners: HashMap::new(),
                 endpoint_refs: HashMap::new(),
@@ -131,7 +134,7 @@ pub fn tcp_steer_key(local: SocketAddr) -> SteerKey {
     }
 }
 
-fn map_err(e: TcpError) -> WsaError {
+pub(crate) fn map_err(e: TcpError) -> WsaError {
     match e {
         TcpError::InvalidState => WsaError::WSAEINVAL,
         TcpError::ConnectionReset => WsaError::WSAECONNRESET,
@@ -165,42 +168,52 @@ impl Provider {
     }
 
     /// Run `f` on the engine, then push out what it wants to send and wake who it concerns.
-    fn with_tcp<R>(&self, f: impl FnOnce(&mut TcpInner, Instant) -> R) -> R {
+    pub(super) fn with_tcp<R>(&self, f: impl FnOnce(&mut TcpInner, Instant) -> R) -> R {
         let now = Instant::now();
         let mut wakes = Wakes::new();
-        let r = {
+        let (r, done) = {
             let mut inner = self.tcp_lock();
             let r = f(&mut inner, now);
             self.tcp_pump(&mut inner, now, &mut wakes);
-            r
+            (r, std::mem::take(&mut inner.completions))
         };
         for e in wakes {
             e.signal.notify();
         }
+        self.dispatch(done);
         r
     }
 
     /// Drain transmits into the datapath and events into `wakes`; publish the next deadline.
     fn tcp_pump(&self, inner: &mut TcpInner, now: Instant, wakes: &mut Wakes) {
-        let TcpInner {
-            engine, scratch, ..
-        } = inner;
-        let mut sent = false;
-        while let Some(t) = engine.poll_transmit(now, scratch) {
-            let segment = &scratch[..t.len];
-            if let Err(err) = self
-                .datapath
-                .send_ip(t.local.ip(), t.remote.ip(), PROTO_TCP, segment)
-            {
-                tracing::debug!(%err, remote = %t.remote, "TCP segment not sent");
+        // Events may make more to send (overlapped operations progress in `tcp_event`), so
+        // alternate until both are drained.
+        loop {
+            let TcpInner {
+                engine, scratch, ..
+            } = &mut *inner;
+            let mut sent = false;
+            while let Some(t) = engine.poll_transmit(now, scratch) {
+                let segment = &scratch[..t.len];
+                if let Err(err) =
+                    self.datapath
+                        .send_ip(t.local.ip(), t.remote.ip(), PROTO_TCP, segment)
+                {
+                    tracing::debug!(%err, remote = %t.remote, "TCP segment not sent");
+                }
+                sent = true;
             }
-            sent = true;
-        }
-        if sent {
-            self.datapath.flush_tx();
-        }
-        while let Some(ev) = inner.engine.poll_event() {
-            self.tcp_event(inner, ev, wakes);
+            if sent {
+                self.datapath.flush_tx();
+            }
+            let mut any = false;
+            while let Some(ev) = inner.engine.poll_event() {
+                self.tcp_event(inner, ev, wakes);
+                any = true;
+            }
+            if !any {
+                break;
+            }
         }
         let next = inner.engine.next_timeout().map_or(u64::MAX, |d| {
             d.saturating_duration_since(self.tcp.epoch).as_nanos() as u64
@@ -221,6 +234,7 @@ impl Provider {
             | Event::PeerFin(id)
             | Event::Reset(id) => {
                 if let Some(e) = conn_socket(inner, &id) {
+                    self.async_tcp_event(inner, ev, e.id);
                     wakes.push(e);
                 }
             }
@@ -229,6 +243,8 @@ impl Provider {
                     // SD_RECEIVE was called: data arriving afterwards resets the connection.
                     if self.recv_shut(&e) {
                         inner.engine.abort(Instant::now(), id);
+                    } else {
+                        self.async_tcp_event(inner, ev, e.id);
                     }
                     wakes.push(e);
                 }
@@ -237,12 +253,14 @@ impl Provider {
                 if let Some(slot) = inner.conns.remove(&id) {
                     self.release_endpoint(inner, slot.endpoint);
                     if let Some(e) = slot.socket.upgrade() {
+                        self.async_tcp_event(inner, ev, e.id);
                         wakes.push(e);
                     }
                 }
             }
             Event::AcceptReady(l) => {
                 if let Some(e) = inner.listeners.get(&l).and_then(Weak::upgrade) {
+                    self.async_tcp_event(inner, ev, e.id);
                     wakes.push(e);
                 }
             }
@@ -403,9 +421,14 @@ impl Provider {
             return Err(WsaError::WSAEOPNOTSUPP);
         }
         let mut waited = false;
+        let mut epoch = None;
         loop {
             let seen = e.signal.generation();
             let st = e.lock_open().map_err(|err| interrupted(err, waited))?;
+            let ep = *epoch.get_or_insert(st.interrupts);
+            if st.interrupts != ep {
+                return Err(WsaError::WSAEINTR);
+            }
             let (l, endpoint) = match &st.proto {
                 Proto::Tcp(TcpSock {
                     role: Role::Listening(l),
@@ -417,7 +440,9 @@ impl Provider {
             let options = st.options.clone();
             let nonblocking = st.nonblocking;
             let accepted = self.with_tcp(|inner, now| {
-                let id = inner.engine.accept(l)?;
+                let got = inner.engine.accept(l);
+                self.async_after_accept(e.id, got.is_some());
+                let id = got?;
                 let remote = inner.engine.remote_addr(id)?;
                 if self.acquire_endpoint(inner, endpoint).is_err() {
                     inner.engine.abort(now, id);
@@ -460,9 +485,14 @@ impl Provider {
                         return Err(err);
                     }
                 };
+                let child_id = weak.upgrade().map(|c| c.id);
                 self.with_tcp(|inner, _| {
                     if let Some(slot) = inner.conns.get_mut(&id) {
                         slot.socket = weak;
+                    }
+                    // Accepted sockets inherit the listener's event selection.
+                    if let Some(child) = child_id {
+                        self.async_inherit(inner, e.id, child, id);
                     }
                 });
                 self.counters.sockets_open.fetch_add(1, Ordering::Relaxed);
@@ -568,10 +598,15 @@ impl Provider {
                 return Err(WsaError::WSAEWOULDBLOCK);
             }
         }
+        let mut epoch = None;
         // Blocking: sleep until the handshake ends either way.
         loop {
             let seen = e.signal.generation();
             let mut st = e.lock_open().map_err(|err| interrupted(err, true))?;
+            let ep = *epoch.get_or_insert(st.interrupts);
+            if st.interrupts != ep {
+                return Err(WsaError::WSAEINTR);
+            }
             let Role::Connecting(id) = st.tcp()?.role else {
                 return Err(WsaError::WSAEINVAL);
             };
@@ -606,7 +641,7 @@ impl Provider {
     }
 
     /// The connection of a connected (or connecting, now established) socket.
-    fn connected(&self, st: &mut SocketState) -> WspResult<ConnId> {
+    pub(super) fn connected(&self, st: &mut SocketState) -> WspResult<ConnId> {
         let t = st.tcp()?;
         match t.role {
             Role::Connected(id) => Ok(id),
@@ -631,17 +666,30 @@ impl Provider {
         let mut done = 0;
         // A send that slept on a full buffer was pending even if it had copied nothing yet.
         let mut waited = false;
+        let mut epoch = None;
         loop {
             let seen = e.signal.generation();
             let mut st = e
                 .lock_open()
                 .map_err(|err| interrupted(err, waited || done > 0))?;
+            let ep = *epoch.get_or_insert(st.interrupts);
+            if st.interrupts != ep {
+                return Err(WsaError::WSAEINTR);
+            }
             let id = self.connected(&mut st)?;
             if st.tcp()?.send_shut {
                 return Err(WsaError::WSAESHUTDOWN);
             }
+            let nonblocking = st.nonblocking;
             let n = self
-                .with_tcp(|inner, now| inner.engine.send(now, id, &buf[done..]))
+                .with_tcp(|inner, now| {
+                    let n = inner.engine.send(now, id, &buf[done..]);
+                    // About to return WSAEWOULDBLOCK: FD_WRITE is re-enabled (Winsock rule).
+                    if nonblocking && done == 0 && n == Ok(0) && !buf.is_empty() {
+                        self.async_enable(e.id, super::events::FD_WRITE);
+                    }
+                    n
+                })
                 .map_err(map_err)?;
             done += n;
             if done == buf.len() {
@@ -670,9 +718,14 @@ impl Provider {
             return Err(WsaError::WSAEOPNOTSUPP);
         }
         let mut waited = false;
+        let mut epoch = None;
         loop {
             let seen = e.signal.generation();
             let mut st = e.lock_open().map_err(|err| interrupted(err, waited))?;
+            let ep = *epoch.get_or_insert(st.interrupts);
+            if st.interrupts != ep {
+                return Err(WsaError::WSAEINTR);
+            }
             let id = self.connected(&mut st)?;
             if st.tcp()?.recv_shut {
                 return Err(WsaError::WSAESHUTDOWN);
@@ -680,7 +733,12 @@ impl Provider {
             if buf.is_empty() {
                 return Ok(0);
             }
-            match self.with_tcp(|inner, now| inner.engine.recv(now, id, buf)) {
+            let r = self.with_tcp(|inner, now| {
+                let r = inner.engine.recv(now, id, buf);
+                self.async_tcp_after_recv(inner, e.id, id);
+                r
+            });
+            match r {
                 Ok(n) => return Ok(n),
                 Err(TcpError::WouldBlock) => {
                     if st.nonblocking {
@@ -832,6 +890,8 @@ impl Provider {
                 } else {
                     st.closing = true;
                     drop(st);
+                    // Nothing is recorded from here on; pending overlapped operations abort.
+                    self.async_close(e.id);
                     // Blocked calls of other threads give up (WSAEINTR).
                     e.signal.notify();
                     let path =
@@ -854,6 +914,7 @@ impl Provider {
             return Ok(());
         }
         lock(&entry.state).closed = true;
+        self.async_close(entry.id);
         self.stream_release(&entry, None);
         self.counters.sockets_open.fetch_sub(1, Ordering::Relaxed);
         self.close_result()

@@ -119,6 +119,9 @@ pub struct SocketState {
     pub waiters: u32,
     /// Protocol state.
     pub proto: Proto,
+    /// Bumped by `Provider::cancel_blocking_calls`: a blocking call that sees it move while it
+    /// sleeps returns WSAEINTR.
+    pub interrupts: u64,
 }
 
 impl SocketState {
@@ -234,6 +237,7 @@ impl SocketEntry {
                 options,
                 waiters: 0,
                 proto,
+                interrupts: 0,
             }),
             readable: Condvar::new(),
             signal: Signal::default(),
