@@ -292,8 +292,8 @@ fn bpf_linker(report: &mut Report) {
 /// Any recent version works; `--locked` keeps its own dependency versions.
 fn cargo_fuzz(report: &mut Report) {
     const STEP: &str = "cargo-fuzz";
-    let present = cmd::which("cargo-fuzz").is_some()
-        || cmd::cargo_home_bin().join("cargo-fuzz").exists();
+    let present =
+        cmd::which("cargo-fuzz").is_some() || cmd::cargo_home_bin().join("cargo-fuzz").exists();
     if present {
         report.push(STEP, Outcome::Present, "cargo fuzz");
         return;

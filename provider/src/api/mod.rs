@@ -564,6 +564,9 @@ impl Provider {
             if st.waiters > 0 {
                 e.readable.notify_one();
             }
+            drop(st);
+            // Async receivers (`aio::UdpSocket`) wait on the signal.
+            e.signal.notify();
         } else {
             bump(&self.counters.udp_dropped_queue_full);
         }
