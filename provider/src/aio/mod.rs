@@ -25,6 +25,8 @@
 //! [`Signal`]: crate::socket::entry::Signal
 //! [`Signal::register`]: crate::socket::entry::Signal::register
 mod tcp;
+#[cfg(test)]
+mod tests;
 mod udp;
 
 use std::io;

@@ -13,7 +13,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use super::{Closing, Handle, io_error};
 use crate::api::{AF_INET, AF_INET6, IPPROTO_TCP, Provider, SD_SEND, SOCK_STREAM, SOMAXCONN};
 use crate::socket::options::{SO_LINGER, SOL_SOCKET, TCP_NODELAY};
-use crate::socket::{Linger, WsaError};
+use crate::socket::{Linger, Socket, WsaError};
 
 fn af(addr: &SocketAddr) -> i32 {
     if addr.is_ipv4() { AF_INET } else { AF_INET6 }
@@ -71,6 +71,11 @@ impl TcpListener {
     /// The provider this listener runs on.
     pub fn provider(&self) -> &Arc<Provider> {
         &self.h.provider
+    }
+
+    /// The WSP handle (nonblocking; owned by this listener — do not close it).
+    pub fn as_raw_socket(&self) -> Socket {
+        self.h.socket
     }
 }
 
@@ -279,6 +284,11 @@ impl TcpStream {
     /// The provider this stream runs on.
     pub fn provider(&self) -> &Arc<Provider> {
         &self.shared.h.provider
+    }
+
+    /// The WSP handle (nonblocking; owned by this stream — do not close it).
+    pub fn as_raw_socket(&self) -> Socket {
+        self.shared.h.socket
     }
 }
 

@@ -7,6 +7,7 @@ use std::task::{Context, Poll, ready};
 
 use super::{Handle, io_error};
 use crate::api::{AF_INET, AF_INET6, IPPROTO_UDP, Provider, SOCK_DGRAM};
+use crate::socket::Socket;
 
 /// A bound datagram socket. Sends never wait (UDP sends are not buffered: the datagram goes to
 /// the TX ring or fails, e.g. WSAENOBUFS); receives wait for a datagram.
@@ -66,5 +67,10 @@ impl UdpSocket {
     /// The provider this socket runs on.
     pub fn provider(&self) -> &Arc<Provider> {
         &self.h.provider
+    }
+
+    /// The WSP handle (nonblocking; owned by this socket — do not close it).
+    pub fn as_raw_socket(&self) -> Socket {
+        self.h.socket
     }
 }
