@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use provider::aio::{TcpListener, TcpStream, UdpSocket};
 use provider::api::Provider;
 use provider::engine::{Engine, EngineConfig};
-use provider_tests::{in_peer, spawn_in_peer};
+use provider_tests::spawn_in_peer;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use xtask::lab::{Lab, LabConfig, PEER_V4, PEER_V6, PROVIDER_V4, PROVIDER_V6};
@@ -174,17 +174,18 @@ fn kernel_client_provider_server(s: &Setup, rt: &tokio::runtime::Runtime, v6: bo
     let total = transfer_mib() * MIB;
     let at = SocketAddr::new(provider_ip(v6), port);
     let l = rt.block_on(async { TcpListener::bind(&p, at) }).unwrap();
-    let server = rt.spawn(async move {
+    let t = Instant::now();
+    // The kernel side on its own thread; the runtime (maybe current-thread) on this one.
+    let kernel = spawn_in_peer(&s.lab, move || {
+        kernel_duplex(std::net::TcpStream::connect(at).expect("connect"), total)
+    });
+    let (p_sent, p_got) = rt.block_on(async move {
         let (c, from) = l.accept().await.unwrap();
         assert_eq!(c.peer_addr().unwrap(), from);
         assert_eq!(c.local_addr().unwrap(), at);
         provider_duplex(c, total).await
     });
-    let t = Instant::now();
-    let (k_sent, k_got) = in_peer(&s.lab, move || {
-        kernel_duplex(std::net::TcpStream::connect(at).expect("connect"), total)
-    });
-    let (p_sent, p_got) = rt.block_on(server).unwrap();
+    let (k_sent, k_got) = kernel.join().unwrap();
     println!(
         "{} kernel client ↔ provider server: {} MiB each way in {:?}",
         if v6 { "v6" } else { "v4" },
@@ -246,7 +247,7 @@ fn hundred_streams(s: &Setup, rt: &tokio::runtime::Runtime, port: u16) {
     let at = SocketAddr::new(PROVIDER_V4.into(), port);
     let peer_at = SocketAddr::new(PEER_V4.into(), port);
     let l = rt.block_on(async { TcpListener::bind(&p, at) }).unwrap();
-    let server = rt.spawn(async move {
+    let server = async move {
         let mut tasks = Vec::new();
         for _ in 0..N {
             let (c, _) = l.accept().await.expect("accept");
@@ -259,7 +260,7 @@ fn hundred_streams(s: &Setup, rt: &tokio::runtime::Runtime, port: u16) {
         for t in tasks {
             t.await.unwrap();
         }
-    });
+    };
     // Kernel echo server for the provider's clients.
     let (tx, rx) = std::sync::mpsc::channel();
     let kernel_server = spawn_in_peer(&s.lab, move || {
@@ -286,7 +287,7 @@ fn hundred_streams(s: &Setup, rt: &tokio::runtime::Runtime, port: u16) {
     rx.recv().unwrap();
     let provider_clients = {
         let p = p.clone();
-        rt.spawn(async move {
+        async move {
             let tasks: Vec<_> = (0..N)
                 .map(|i| {
                     let p = p.clone();
@@ -313,9 +314,9 @@ fn hundred_streams(s: &Setup, rt: &tokio::runtime::Runtime, port: u16) {
                 ok += usize::from(t.await.unwrap());
             }
             ok
-        })
+        }
     };
-    let kernel_ok = in_peer(&s.lab, move || {
+    let kernel_clients = spawn_in_peer(&s.lab, move || {
         let streams: Vec<_> = (0..N)
             .map(|_| std::net::TcpStream::connect(at).expect("kernel connect"))
             .collect();
@@ -346,8 +347,8 @@ fn hundred_streams(s: &Setup, rt: &tokio::runtime::Runtime, port: u16) {
             .filter(|ok| *ok)
             .count()
     });
-    rt.block_on(server).unwrap();
-    let provider_ok = rt.block_on(provider_clients).unwrap();
+    let ((), provider_ok) = rt.block_on(async { tokio::join!(server, provider_clients) });
+    let kernel_ok = kernel_clients.join().unwrap();
     kernel_server.join().unwrap();
     assert_eq!(kernel_ok, N, "every kernel client echoed byte for byte");
     assert_eq!(provider_ok, N, "every provider client echoed byte for byte");
@@ -508,7 +509,7 @@ fn udp_echo_both_ways() {
     // Provider (tokio) echo server, kernel client.
     let at = SocketAddr::new(PROVIDER_V4.into(), 7130);
     let sock = UdpSocket::bind(&p, at).unwrap();
-    let server = rt.spawn(async move {
+    let server = async move {
         let mut buf = vec![0u8; 2048];
         let mut n = 0;
         while n < N {
@@ -516,8 +517,8 @@ fn udp_echo_both_ways() {
             sock.send_to(&buf[..len], from).await.unwrap();
             n += 1;
         }
-    });
-    let echoed = in_peer(&s.lab, move || {
+    };
+    let kernel = spawn_in_peer(&s.lab, move || {
         let k = std::net::UdpSocket::bind((PEER_V4, 0)).unwrap();
         k.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
         let mut ok = 0;
@@ -534,7 +535,8 @@ fn udp_echo_both_ways() {
         }
         ok
     });
-    rt.block_on(server).unwrap();
+    rt.block_on(server);
+    let echoed = kernel.join().unwrap();
     assert_eq!(echoed, N);
 
     // Kernel echo server, provider (tokio) client, IPv6.
@@ -544,7 +546,7 @@ fn udp_echo_both_ways() {
         let k = std::net::UdpSocket::bind(peer_at).unwrap();
         tx.send(()).unwrap();
         let mut buf = [0u8; 2048];
-        for _ in 0..N {
+        for _ in 0..=N {
             let (n, from) = k.recv_from(&mut buf).unwrap();
             k.send_to(&buf[..n], from).unwrap();
         }
@@ -553,7 +555,23 @@ fn udp_echo_both_ways() {
     let ok = rt.block_on(async {
         let c = UdpSocket::bind(&p, SocketAddr::new(PROVIDER_V6.into(), 0)).unwrap();
         let mut buf = vec![0u8; 2048];
-        let mut ok = 0;
+        // Right after the lab comes up the peer's IPv6 neighbour entry may not resolve yet
+        // (the datapath resolves synchronously, 1 s at most, then reports WSAEHOSTUNREACH).
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let mut ok = loop {
+            match c.send_to(b"probe", peer_at).await {
+                Ok(_) => break 0,
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::HostUnreachable
+                        && Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
+                Err(e) => panic!("send_to {peer_at}: {e}"),
+            }
+        };
+        let (n, _) = c.recv_from(&mut buf).await.unwrap();
+        assert_eq!(&buf[..n], b"probe");
         for i in 0..N {
             let msg = i.to_be_bytes();
             c.send_to(&msg, peer_at).await.unwrap();
