@@ -12,7 +12,9 @@
 //! - anything else → `404`.
 //!
 //! `--listen` may give several comma-separated addresses (e.g. an IPv4 and an IPv6 one);
-//! `--threads 0` (the default 1) picks a current-thread runtime for 1.
+//! `--threads N` > 1 runs a multi-thread runtime (default: current-thread). `--kernel` runs the
+//! very same server on kernel sockets (`tokio::net`) instead, for comparisons
+//! (`cargo xtask bench async`).
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -58,24 +60,42 @@ fn status(code: StatusCode) -> Response<Full<Bytes>> {
     r
 }
 
-/// Accept forever on `listener`, one task per connection.
+/// Serve HTTP/1.1 on one accepted connection (any tokio stream).
+fn spawn_conn<S>(stream: S)
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    tokio::spawn(async move {
+        let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service_fn(handle));
+        if let Err(err) = conn.await {
+            tracing::debug!(%err, "connection ended with an error");
+        }
+    });
+}
+
+/// Accept forever on a provider listener, one task per connection.
 async fn serve(listener: TcpListener) {
     loop {
-        let (stream, _peer) = match listener.accept().await {
-            Ok(c) => c,
-            Err(err) => {
-                eprintln!("accept: {err}");
-                continue;
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let _ = stream.set_nodelay(true);
+                spawn_conn(stream);
             }
-        };
-        let _ = stream.set_nodelay(true);
-        tokio::spawn(async move {
-            let conn =
-                http1::Builder::new().serve_connection(TokioIo::new(stream), service_fn(handle));
-            if let Err(err) = conn.await {
-                tracing::debug!(%err, "connection ended with an error");
+            Err(err) => eprintln!("accept: {err}"),
+        }
+    }
+}
+
+/// The same on a kernel listener (`--kernel`).
+async fn serve_kernel(listener: tokio::net::TcpListener) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                let _ = stream.set_nodelay(true);
+                spawn_conn(stream);
             }
-        });
+            Err(err) => eprintln!("accept: {err}"),
+        }
     }
 }
 
@@ -86,27 +106,34 @@ fn main() -> Result<(), Error> {
     let mut iface = None;
     let mut listen = "0.0.0.0:8080".to_string();
     let mut threads = 1usize;
+    let mut kernel = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--iface" => iface = args.next(),
             "--listen" => listen = args.next().ok_or("--listen needs a value")?,
             "--threads" => threads = args.next().ok_or("--threads needs a value")?.parse()?,
+            "--kernel" => kernel = true,
             "-h" | "--help" => {
-                println!("http_server --iface <IF> [--listen ADDR:PORT[,ADDR:PORT]] [--threads N]");
+                println!(
+                    "http_server (--iface <IF> | --kernel) [--listen ADDR:PORT[,ADDR:PORT]] [--threads N]"
+                );
                 return Ok(());
             }
             other => return Err(format!("unknown argument {other:?}").into()),
         }
     }
-    let iface = iface.ok_or("--iface <interface> is required")?;
     let addrs: Vec<SocketAddr> = listen
         .split(',')
         .map(str::parse)
         .collect::<Result<_, _>>()?;
 
-    let engine = Engine::start(EngineConfig::new(iface))?;
-    let provider = engine.provider().clone();
+    let engine = if kernel {
+        None
+    } else {
+        let iface = iface.ok_or("--iface <interface> (or --kernel) is required")?;
+        Some(Engine::start(EngineConfig::new(iface))?)
+    };
     let rt = if threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -120,9 +147,18 @@ fn main() -> Result<(), Error> {
     rt.block_on(async {
         let mut bound = Vec::new();
         for a in &addrs {
-            let l = TcpListener::bind(&provider, *a)?;
-            bound.push(l.local_addr()?.to_string());
-            tokio::spawn(serve(l));
+            match &engine {
+                Some(e) => {
+                    let l = TcpListener::bind(e.provider(), *a)?;
+                    bound.push(l.local_addr()?.to_string());
+                    tokio::spawn(serve(l));
+                }
+                None => {
+                    let l = tokio::net::TcpListener::bind(*a).await?;
+                    bound.push(l.local_addr()?.to_string());
+                    tokio::spawn(serve_kernel(l));
+                }
+            }
         }
         println!("ready {}", bound.join(","));
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
@@ -134,7 +170,8 @@ fn main() -> Result<(), Error> {
     })?;
     println!("requests {}", REQUESTS.load(Ordering::Relaxed));
     drop(rt);
-    drop(provider);
-    engine.stop();
+    if let Some(e) = engine {
+        e.stop();
+    }
     Ok(())
 }
