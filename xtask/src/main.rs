@@ -121,6 +121,20 @@ enum BenchCmd {
         #[arg(long)]
         perf: bool,
     },
+    /// tokio on the provider (`provider::aio`) vs the same tokio code on kernel sockets:
+    /// sockperf latency / message rate against a tokio sockperf server, wrk requests/s
+    /// against the hyper example.
+    Async {
+        /// Seconds per sockperf / wrk run.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Rounds (kernel and provider alternate); each metric is the median over rounds.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// wrk connections.
+        #[arg(long, default_value_t = 32)]
+        connections: u32,
+    },
     #[command(external_subcommand)]
     Other(Vec<String>),
 }
@@ -251,6 +265,15 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode> {
                 parallel,
                 rounds,
                 perf,
+            })?,
+            BenchCmd::Async {
+                seconds,
+                rounds,
+                connections,
+            } => xtask::bench_async::run(&xtask::bench_async::AsyncBenchOptions {
+                seconds,
+                rounds,
+                connections,
             })?,
             BenchCmd::Other(args) => {
                 return Err(xtask::bench::unknown(

@@ -32,6 +32,7 @@ pub const APT_PACKAGES: &[&str] = &[
     "iperf3",
     "socat",
     "curl",
+    "wrk",
     "procps",
     "iputils-ping",
 ];

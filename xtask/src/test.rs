@@ -136,7 +136,7 @@ fn run_steps(opts: &TestOptions, steps: &mut Steps) -> Result<()> {
     }
 
     if root {
-        // The end-to-end tests run `target/debug/provider`: build it in the profile `cargo
+        // The end-to-end tests run `target/debug/provider` and `examples/http_server`: build them in the profile `cargo
         // test` uses (debug) before they start.
         let needs_provider = opts.packages.is_empty()
             || opts
@@ -145,8 +145,8 @@ fn run_steps(opts: &TestOptions, steps: &mut Steps) -> Result<()> {
                 .any(|p| p == "provider" || p == "provider-tests");
         if needs_provider {
             steps.step(
-                "cargo build -p provider --bins (for the end-to-end tests)",
-                || cmd::run(cmd::cargo().args(["build", "-p", "provider", "--bins"])),
+                "cargo build -p provider --bins --examples (for the end-to-end tests)",
+                || cmd::run(cmd::cargo().args(["build", "-p", "provider", "--bins", "--examples"])),
             )?;
         }
         // Only the ignored (root/lab) tests: the rest just ran. One at a time, since they

@@ -611,6 +611,8 @@ impl Provider {
             }
             drop(st);
             self.dispatch(done);
+            // Async receivers (`aio::UdpSocket`) wait on the signal.
+            e.signal.notify();
         } else {
             bump(&self.counters.udp_dropped_queue_full);
         }

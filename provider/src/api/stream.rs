@@ -1056,3 +1056,13 @@ enum Progress {
     Established,
     Failed(WsaError),
 }
+
+// ---------------------------------------------------------------- helpers for `crate::aio`
+// (kept in their own block at the end of the file: the tokio types build on the WSP calls and
+// need only the socket entry, whose `Signal` their tasks register on.)
+impl Provider {
+    /// The socket behind a handle: async callers register their wakers on its `signal`.
+    pub(crate) fn socket_entry(&self, s: Socket) -> WspResult<Arc<SocketEntry>> {
+        self.table.get(s)
+    }
+}

@@ -164,6 +164,13 @@ pub struct SocketEntry {
 /// condition (taking whatever locks it needs), and sleeps only while the generation is
 /// unchanged. Its mutex is a leaf lock — nothing else is taken while it is held — so it can be
 /// signalled from anywhere, including while other socket or engine locks are held.
+///
+/// Async tasks use the same protocol with [`Signal::register`] instead of [`Signal::wait`]: read
+/// the generation, try the operation, and on would-block register the task's waker against the
+/// generation read before the attempt. `register` refuses (returns false) if the generation has
+/// moved since — the caller retries at once — so an event between the attempt and the
+/// registration is never lost. `notify` wakes (and forgets) every registered waker; the wakers
+/// run after the signal's lock is released.
 #[derive(Debug, Default)]
 pub struct Signal {
     state: Mutex<SignalState>,
@@ -174,6 +181,8 @@ pub struct Signal {
 struct SignalState {
     generation: u64,
     waiters: u32,
+    /// Async tasks waiting for the next notify (one entry per distinct waker).
+    wakers: Vec<std::task::Waker>,
 }
 
 impl Signal {
@@ -182,13 +191,41 @@ impl Signal {
         lock(&self.state).generation
     }
 
-    /// Wake every waiter (a system call only if someone sleeps).
+    /// Wake every waiter (a system call only if someone sleeps) and every registered waker.
     pub fn notify(&self) {
-        let mut st = lock(&self.state);
-        st.generation = st.generation.wrapping_add(1);
-        if st.waiters > 0 {
-            self.cv.notify_all();
+        let wakers = {
+            let mut st = lock(&self.state);
+            st.generation = st.generation.wrapping_add(1);
+            if st.waiters > 0 {
+                self.cv.notify_all();
+            }
+            if st.wakers.is_empty() {
+                return;
+            }
+            std::mem::take(&mut st.wakers)
+        };
+        for w in wakers {
+            w.wake();
         }
+    }
+
+    /// Register `waker` to be woken by the next `notify`, unless the generation already moved
+    /// past `seen` (then nothing is registered and the result is false: retry the operation).
+    /// Registering the same waker again (`Waker::will_wake`) keeps one entry.
+    pub fn register(&self, seen: u64, waker: &std::task::Waker) -> bool {
+        let mut st = lock(&self.state);
+        if st.generation != seen {
+            return false;
+        }
+        if !st.wakers.iter().any(|w| w.will_wake(waker)) {
+            st.wakers.push(waker.clone());
+        }
+        true
+    }
+
+    /// Registered wakers (for tests and diagnostics).
+    pub fn registered(&self) -> usize {
+        lock(&self.state).wakers.len()
     }
 
     /// Sleep until the generation differs from `seen` or `timeout` passes.
@@ -277,4 +314,49 @@ pub fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
 /// Write-lock, ignoring poisoning (see [`lock`]).
 pub fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
     l.write().unwrap_or_else(PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod signal_tests {
+    use super::Signal;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Wake, Waker};
+
+    struct Count(AtomicUsize);
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn register_refuses_a_moved_generation_and_notify_wakes_once() {
+        let s = Signal::default();
+        let c = Arc::new(Count(AtomicUsize::new(0)));
+        let w = Waker::from(c.clone());
+        let g = s.generation();
+        s.notify();
+        assert!(!s.register(g, &w), "generation moved: caller must retry");
+        let g = s.generation();
+        assert!(s.register(g, &w));
+        assert!(s.register(g, &w), "same waker again");
+        assert_eq!(s.registered(), 1);
+        s.notify();
+        assert_eq!(c.0.load(Ordering::SeqCst), 1);
+        assert_eq!(s.registered(), 0);
+        s.notify();
+        assert_eq!(c.0.load(Ordering::SeqCst), 1, "wakers are one-shot");
+    }
+
+    #[test]
+    fn blocking_wait_still_works_alongside_wakers() {
+        let s = Arc::new(Signal::default());
+        let g = s.generation();
+        let s2 = s.clone();
+        let t = std::thread::spawn(move || s2.wait(g, None));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        s.notify();
+        t.join().unwrap();
+    }
 }
