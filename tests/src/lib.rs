@@ -291,3 +291,22 @@ pub fn realtime_ns() -> u64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos() as u64)
 }
+
+/// Start the provider in this process on `lab`'s provider interface: the engine's threads are
+/// created from a thread inside the provider namespace, so they live there. TIME_WAIT is 2 s
+/// (tests reuse ports); `tweak` adjusts anything else.
+pub fn start_engine(
+    lab: &Lab,
+    tweak: impl FnOnce(&mut provider::engine::EngineConfig) + Send + 'static,
+) -> provider::engine::Engine {
+    let ns = lab.provider_ns_path();
+    let mut cfg = provider::engine::EngineConfig::new(lab.provider_if.clone());
+    cfg.provider.tcp.time_wait = std::time::Duration::from_secs(2);
+    tweak(&mut cfg);
+    std::thread::spawn(move || {
+        let _in = xtask::lab::NsGuard::enter(&ns).expect("enter the provider namespace");
+        provider::engine::Engine::start(cfg).expect("engine start")
+    })
+    .join()
+    .unwrap_or_else(|e| std::panic::resume_unwind(e))
+}

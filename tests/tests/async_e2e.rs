@@ -12,7 +12,7 @@ use provider::api::{
     AF_INET, CompletionQueue, FD_ACCEPT, FD_CLOSE, FD_READ, FD_WRITE, IPPROTO_TCP, IPPROTO_UDP,
     Overlapped, Provider, SOCK_DGRAM, SOCK_STREAM, WsaEvent,
 };
-use provider::engine::{Engine, EngineConfig};
+use provider::engine::Engine;
 use provider::socket::{Socket, WsaError};
 use provider_tests::in_peer;
 use sha2::{Digest, Sha256};
@@ -28,16 +28,7 @@ struct Setup {
 
 fn start() -> Setup {
     let lab = Lab::up(&LabConfig::default()).expect("lab up");
-    let ns = lab.provider_ns_path();
-    let iface = lab.provider_if.clone();
-    let engine = thread::spawn(move || {
-        let _in = xtask::lab::NsGuard::enter(&ns).unwrap();
-        let mut cfg = EngineConfig::new(iface);
-        cfg.provider.tcp.time_wait = Duration::from_secs(2);
-        Engine::start(cfg).expect("engine start")
-    })
-    .join()
-    .unwrap();
+    let engine = provider_tests::start_engine(&lab, |_| {});
     Setup { engine, lab }
 }
 

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use WsaError::*;
 use etherparse::{NetSlice, SlicedPacket, TcpOptionElement, TransportSlice};
 use provider::api::{AF_INET, IPPROTO_TCP, Provider, ProviderConfig, SD_SEND, SOCK_STREAM};
-use provider::engine::{Engine, EngineConfig};
+use provider::engine::Engine;
 use provider::socket::options::{FIONBIO, FIONREAD, SO_LINGER, SO_RCVBUF, SOL_SOCKET};
 use provider::socket::{INVALID_SOCKET, Linger, Socket, WsaError};
 use provider_tests::{Capture, Frame, in_peer, realtime_ns};
@@ -33,19 +33,12 @@ fn start() -> Setup {
     start_with(|_| {})
 }
 
-fn start_with(tweak: impl FnOnce(&mut ProviderConfig)) -> Setup {
+fn start_with(tweak: impl FnOnce(&mut ProviderConfig) + Send + 'static) -> Setup {
     let lab = Lab::up(&LabConfig::default()).expect("lab up");
-    let ns = lab.provider_ns_path();
-    let iface = lab.provider_if.clone();
-    let mut cfg = EngineConfig::new(iface);
-    cfg.provider.tcp.time_wait = Duration::from_secs(1);
-    tweak(&mut cfg.provider);
-    let engine = thread::spawn(move || {
-        let _in = xtask::lab::NsGuard::enter(&ns).unwrap();
-        Engine::start(cfg).expect("engine start")
-    })
-    .join()
-    .unwrap();
+    let engine = provider_tests::start_engine(&lab, move |cfg| {
+        cfg.provider.tcp.time_wait = Duration::from_secs(1);
+        tweak(&mut cfg.provider);
+    });
     Setup {
         engine: Some(engine),
         lab,

@@ -6,10 +6,10 @@ use std::io::{Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use provider::api::{AF_INET, AF_INET6, IPPROTO_TCP, Provider, SD_SEND, SOCK_STREAM};
-use provider::engine::{Engine, EngineConfig};
+use provider::engine::Engine;
 use provider::socket::Socket;
 use provider_tests::in_peer;
 use sha2::{Digest, Sha256};
@@ -27,16 +27,7 @@ fn start(queues: u32) -> Setup {
         ..LabConfig::default()
     })
     .expect("lab up");
-    let ns = lab.provider_ns_path();
-    let iface = lab.provider_if.clone();
-    let engine = thread::spawn(move || {
-        let _in = xtask::lab::NsGuard::enter(&ns).unwrap();
-        let mut cfg = EngineConfig::new(iface);
-        cfg.provider.tcp.time_wait = Duration::from_secs(2);
-        Engine::start(cfg).expect("engine start")
-    })
-    .join()
-    .unwrap();
+    let engine = provider_tests::start_engine(&lab, |_| {});
     Setup { engine, lab }
 }
 

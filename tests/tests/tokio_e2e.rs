@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use provider::aio::{TcpListener, TcpStream, UdpSocket};
 use provider::api::Provider;
-use provider::engine::{Engine, EngineConfig};
+use provider::engine::Engine;
 use provider_tests::spawn_in_peer;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -30,16 +30,7 @@ fn start() -> Setup {
         ..LabConfig::default()
     })
     .expect("lab up");
-    let ns = lab.provider_ns_path();
-    let iface = lab.provider_if.clone();
-    let engine = thread::spawn(move || {
-        let _in = xtask::lab::NsGuard::enter(&ns).unwrap();
-        let mut cfg = EngineConfig::new(iface);
-        cfg.provider.tcp.time_wait = Duration::from_secs(2);
-        Engine::start(cfg).expect("engine start")
-    })
-    .join()
-    .unwrap();
+    let engine = provider_tests::start_engine(&lab, |_| {});
     Setup { engine, lab }
 }
 
