@@ -12,7 +12,9 @@
 //! - anything else → `404`.
 //!
 //! `--listen` may give several comma-separated addresses (e.g. an IPv4 and an IPv6 one);
-//! `--threads N` > 1 runs a multi-thread runtime (default: current-thread). `--kernel` runs the
+//! `--threads N` > 1 runs a multi-thread runtime (default: current-thread). `--drive` chooses who
+//! runs the datapath: `application` (default) spawns `provider::aio::drive` on the runtime, so
+//! one thread does everything; `threads` leaves it to the engine's queue threads. `--kernel` runs the
 //! very same server on kernel sockets (`tokio::net`) instead, for comparisons
 //! (`cargo xtask bench async`).
 use std::convert::Infallible;
@@ -27,7 +29,7 @@ use hyper::service::service_fn;
 use hyper::{Method, Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use provider::aio::TcpListener;
-use provider::engine::{Engine, EngineConfig};
+use provider::engine::{Drive, Engine, EngineConfig};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
@@ -107,6 +109,7 @@ fn main() -> Result<(), Error> {
     let mut listen = "0.0.0.0:8080".to_string();
     let mut threads = 1usize;
     let mut kernel = false;
+    let mut drive = Drive::Application;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
@@ -114,9 +117,16 @@ fn main() -> Result<(), Error> {
             "--listen" => listen = args.next().ok_or("--listen needs a value")?,
             "--threads" => threads = args.next().ok_or("--threads needs a value")?.parse()?,
             "--kernel" => kernel = true,
+            "--drive" => {
+                drive = match args.next().as_deref() {
+                    Some("threads") => Drive::Threads,
+                    Some("application") => Drive::Application,
+                    _ => return Err("--drive threads|application".into()),
+                }
+            }
             "-h" | "--help" => {
                 println!(
-                    "http_server (--iface <IF> | --kernel) [--listen ADDR:PORT[,ADDR:PORT]] [--threads N]"
+                    "http_server (--iface <IF> | --kernel) [--listen ADDR:PORT[,ADDR:PORT]] [--threads N] [--drive threads|application]"
                 );
                 return Ok(());
             }
@@ -132,7 +142,9 @@ fn main() -> Result<(), Error> {
         None
     } else {
         let iface = iface.ok_or("--iface <interface> (or --kernel) is required")?;
-        Some(Engine::start(EngineConfig::new(iface))?)
+        let mut config = EngineConfig::new(iface);
+        config.drive = drive;
+        Some(Engine::start(config)?)
     };
     let rt = if threads <= 1 {
         tokio::runtime::Builder::new_current_thread()
@@ -145,6 +157,9 @@ fn main() -> Result<(), Error> {
             .build()?
     };
     rt.block_on(async {
+        if let Some(e) = engine.as_ref().filter(|_| drive == Drive::Application) {
+            tokio::spawn(provider::aio::drive(e.driver()?));
+        }
         let mut bound = Vec::new();
         for a in &addrs {
             match &engine {

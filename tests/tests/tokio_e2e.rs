@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use provider::aio::{TcpListener, TcpStream, UdpSocket};
 use provider::api::Provider;
-use provider::engine::Engine;
+use provider::engine::{Drive, Engine, EngineError};
 use provider_tests::spawn_in_peer;
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -668,4 +668,51 @@ fn http_example_serves_curl_from_the_kernel_peer() {
     out.read_to_string(&mut rest).unwrap();
     assert!(child.wait().unwrap().success());
     assert!(rest.contains("requests 54"), "{rest:?}");
+}
+
+/// `Drive::Application`: no queue threads; `aio::drive` runs the datapath as a task on the
+/// test's runtime (current-thread, then multi-thread). The same transfers and concurrent
+/// streams as above must pass, and the driver is handed out once at a time.
+#[test]
+#[ignore = "needs root and network namespaces"]
+fn application_driven_engine_transfers_and_streams() {
+    let lab = Lab::up(&LabConfig {
+        queues: 1,
+        ..LabConfig::default()
+    })
+    .expect("lab up");
+    let engine = provider_tests::start_engine(&lab, |c| c.drive = Drive::Application);
+    let s = Setup { engine, lab };
+
+    let driver = s.engine.driver().expect("a driver");
+    assert!(matches!(s.engine.driver(), Err(EngineError::DriverTaken)));
+    let rt = current_thread();
+    let task = rt.spawn(provider::aio::drive(driver));
+    kernel_client_provider_server(&s, &rt, false, 7121);
+    provider_client_kernel_server(&s, &rt, true, 7122);
+    let t = Instant::now();
+    hundred_streams(&s, &rt, 7123);
+    println!(
+        "application-driven current-thread: 2 × 100 streams in {:?}",
+        t.elapsed()
+    );
+    // Dropping the task (with its runtime) drops the driver: another may be taken.
+    task.abort();
+    drop(rt);
+
+    let rt = multi_thread();
+    let driver = s
+        .engine
+        .driver()
+        .expect("the driver again after the first was dropped");
+    rt.spawn(provider::aio::drive(driver));
+    kernel_client_provider_server(&s, &rt, true, 7124);
+    hundred_streams(&s, &rt, 7125);
+
+    // A threaded engine has no driver to give.
+    let threaded = start();
+    assert!(matches!(
+        threaded.engine.driver(),
+        Err(EngineError::NotApplicationDriven)
+    ));
 }

@@ -13,6 +13,13 @@
 //! (`tcp_event` / `deliver_udp` notify the signal). Nothing spins, and data moves straight
 //! between the socket buffers and the caller's buffer (no extra copy).
 //!
+//! # Who runs the datapath
+//!
+//! By default the engine's queue threads receive and run the TCP engine, and wake the tasks
+//! through their wakers. With [`Drive::Application`](crate::engine::Drive::Application) the
+//! runtime itself runs that work: spawn [`drive`] on it (see there) — on a current-thread runtime
+//! everything then happens on one thread, with no cross-thread wake-ups.
+//!
 //! # Drop
 //!
 //! Dropping a [`TcpStream`] (the last of its halves) closes the socket the way its linger
@@ -24,6 +31,7 @@
 //!
 //! [`Signal`]: crate::socket::entry::Signal
 //! [`Signal::register`]: crate::socket::entry::Signal::register
+mod drive;
 mod tcp;
 #[cfg(test)]
 mod tests;
@@ -33,6 +41,7 @@ use std::io;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+pub use drive::drive;
 pub use tcp::{OwnedReadHalf, OwnedWriteHalf, ReadHalf, TcpListener, TcpStream, WriteHalf};
 pub use udp::UdpSocket;
 

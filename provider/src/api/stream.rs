@@ -171,28 +171,35 @@ impl Provider {
     pub(super) fn with_tcp<R>(&self, f: impl FnOnce(&mut TcpInner, Instant) -> R) -> R {
         let now = Instant::now();
         let mut wakes = Wakes::new();
-        let (r, done) = {
+        let (r, done, sent) = {
             let mut inner = self.tcp_lock();
             let r = f(&mut inner, now);
-            self.tcp_pump(&mut inner, now, &mut wakes);
-            (r, std::mem::take(&mut inner.completions))
+            let sent = self.tcp_pump(&mut inner, now, &mut wakes);
+            (r, std::mem::take(&mut inner.completions), sent)
         };
         for e in wakes {
             e.signal.notify();
+        }
+        // The TX kick is a system call (in copy mode it runs the driver's transmit inline), so
+        // it runs after the engine lock is released: other threads use the engine meanwhile.
+        // The frames are already on the TX ring, in order.
+        if sent {
+            self.datapath.flush_tx();
         }
         self.dispatch(done);
         r
     }
 
-    /// Drain transmits into the datapath and events into `wakes`; publish the next deadline.
-    fn tcp_pump(&self, inner: &mut TcpInner, now: Instant, wakes: &mut Wakes) {
+    /// Drain transmits into the datapath's TX ring and events into `wakes`; publish the next
+    /// deadline. True if anything was queued for transmission (the caller kicks the ring).
+    fn tcp_pump(&self, inner: &mut TcpInner, now: Instant, wakes: &mut Wakes) -> bool {
+        let mut sent = false;
         // Events may make more to send (overlapped operations progress in `tcp_event`), so
         // alternate until both are drained.
         loop {
             let TcpInner {
                 engine, scratch, ..
             } = &mut *inner;
-            let mut sent = false;
             while let Some(t) = engine.poll_transmit(now, scratch) {
                 let segment = &scratch[..t.len];
                 if let Err(err) =
@@ -202,9 +209,6 @@ impl Provider {
                     tracing::debug!(%err, remote = %t.remote, "TCP segment not sent");
                 }
                 sent = true;
-            }
-            if sent {
-                self.datapath.flush_tx();
             }
             let mut any = false;
             while let Some(ev) = inner.engine.poll_event() {
@@ -222,6 +226,7 @@ impl Provider {
         if next < prev {
             self.datapath.wake();
         }
+        sent
     }
 
     fn tcp_event(&self, inner: &mut TcpInner, ev: Event, wakes: &mut Wakes) {

@@ -3,9 +3,11 @@
 //!
 //! `Engine::start` loads and attaches `steer`, binds an `Xsk` on every RX queue, registers each in
 //! XSKS, and runs one thread per queue that drains RX, hands datagrams to the socket table, reaps
-//! TX completions and sleeps in `poll` when idle. Application threads transmit through
+//! TX completions and sleeps in `poll` when idle — or, with [`Drive::Application`], leaves that
+//! work to a [`Driver`] the application polls from its own event loop. Application threads transmit through
 //! `XdpDatapath::send_udp`, which builds the frame in place in a UMEM frame under the queue's lock.
 mod datapath;
+mod driver;
 mod queue;
 mod stats;
 mod wake;
@@ -21,6 +23,7 @@ use std::{
 };
 
 pub use datapath::XdpDatapath;
+pub use driver::{Driver, Progress};
 pub use stats::{EngineCounters, EngineStats, QueueStats};
 use thiserror::Error;
 
@@ -39,11 +42,27 @@ pub enum EngineError {
     Xdp(#[from] XdpError),
     #[error("AF_XDP socket on queue {queue}: {source}")]
     Xsk { queue: u32, source: io::Error },
+    #[error("the engine runs its own queue threads (EngineConfig::drive is Drive::Threads)")]
+    NotApplicationDriven,
+    #[error("a Driver for this engine already exists")]
+    DriverTaken,
     #[error("{what}: {source}")]
     Io {
         what: &'static str,
         source: io::Error,
     },
+}
+
+/// Who runs the per-queue work (receive, deliver, reap, TCP timers).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Drive {
+    /// One thread per RX queue, started by [`Engine::start`] (the default).
+    #[default]
+    Threads,
+    /// No threads: the application polls a [`Driver`] from its own event loop
+    /// ([`Engine::driver`]; with tokio, `provider::aio::drive`). Reception, the TCP engine and
+    /// the application then share a thread, which saves two cross-thread wake-ups per message.
+    Application,
 }
 
 /// How the engine runs.
@@ -57,7 +76,9 @@ pub struct EngineConfig {
     pub queues: Option<u32>,
     /// AF_XDP ring and UMEM sizes, copy/zero-copy.
     pub xsk: XskConfig,
-    /// Spin instead of sleeping in `poll` when idle.
+    /// Queue threads or an application-driven [`Driver`].
+    pub drive: Drive,
+    /// Spin instead of sleeping in `poll` when idle (queue threads only).
     pub busy_poll: bool,
     /// Frames taken from RX per batch.
     pub rx_batch: usize,
@@ -74,6 +95,7 @@ impl EngineConfig {
             attach: AttachMode::Auto,
             queues: None,
             xsk: XskConfig::default(),
+            drive: Drive::Threads,
             busy_poll: false,
             rx_batch: 64,
             log_malformed: false,
@@ -88,6 +110,9 @@ pub struct Engine {
     provider: Arc<Provider>,
     datapath: Arc<XdpDatapath>,
     threads: Vec<JoinHandle<()>>,
+    config: EngineConfig,
+    /// A [`Driver`] exists (Drive::Application).
+    driver_taken: Arc<AtomicBool>,
 }
 
 impl Engine {
@@ -148,7 +173,12 @@ impl Engine {
         let provider = Arc::new(Provider::new(datapath.clone(), config.provider.clone()));
         let running = datapath.running_flag();
         let mut threads = Vec::new();
-        for queue in 0..nqueues {
+        let nthreads = if config.drive == Drive::Threads {
+            nqueues
+        } else {
+            0
+        };
+        for queue in 0..nthreads {
             let dp = datapath.clone();
             let prov = provider.clone();
             let cfg = config.clone();
@@ -166,6 +196,33 @@ impl Engine {
             provider,
             datapath,
             threads,
+            config,
+            driver_taken: Arc::new(AtomicBool::new(false)),
+        })
+    }
+
+    /// The queue work to run from the application's event loop (`Drive::Application` only;
+    /// one driver at a time — dropping it allows another). Until a driver is polled nothing is
+    /// received and TCP timers do not run.
+    pub fn driver(&self) -> Result<Driver, EngineError> {
+        if self.config.drive != Drive::Application {
+            return Err(EngineError::NotApplicationDriven);
+        }
+        if self.driver_taken.swap(true, Ordering::AcqRel) {
+            return Err(EngineError::DriverTaken);
+        }
+        Driver::new(
+            self.datapath.clone(),
+            self.provider.clone(),
+            self.config.clone(),
+            self.driver_taken.clone(),
+        )
+        .map_err(|source| {
+            self.driver_taken.store(false, Ordering::Release);
+            EngineError::Io {
+                what: "duplicating the AF_XDP descriptors",
+                source,
+            }
         })
     }
 
@@ -186,6 +243,8 @@ impl Engine {
 
     fn shutdown(&mut self) {
         self.datapath.set_down();
+        // An application-driven loop asleep on the eventfd notices at once.
+        self.datapath.waker.wake();
         for t in self.threads.drain(..) {
             let _ = t.join();
         }

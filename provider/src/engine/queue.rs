@@ -1,4 +1,5 @@
 //! One RX queue's loop: drain RX → deliver → reap completions → sleep in poll (or spin).
+//! The step is shared by the queue threads and the application-driven [`Driver`](super::Driver).
 use std::net::{IpAddr, SocketAddr};
 use std::time::Instant;
 
@@ -12,8 +13,91 @@ use crate::{
 };
 
 /// Longest sleep in `poll` so a stop request is noticed promptly.
-const IDLE_POLL_MS: i32 = 50;
+pub(super) const IDLE_POLL_MS: i32 = 50;
 
+/// What one [`QueueStep::poll`] found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Progress {
+    /// Frames were received or timers ran: poll again before sleeping.
+    Busy,
+    /// Nothing to do until the socket is readable, a wake-up arrives, or `until` (the next TCP
+    /// timer of a queue that runs them) passes.
+    Idle { until: Option<Instant> },
+}
+
+/// One RX queue's work, one batch at a time: the body of the queue thread, and of
+/// [`Driver`](super::Driver) when the application's own event loop drives the engine.
+pub(super) struct QueueStep {
+    queue: u32,
+    /// Queue 0 also runs the TCP timers.
+    timers: bool,
+    /// TCP segments are copied out of the RX frames and handed to the TCP engine after the
+    /// queue's lock is released: the engine transmits (taking TX locks) as it processes them.
+    tcp: TcpBatch,
+}
+
+impl QueueStep {
+    pub(super) fn new(queue: u32) -> Self {
+        Self {
+            queue,
+            timers: queue == 0,
+            tcp: TcpBatch::default(),
+        }
+    }
+
+    /// Drain one RX batch, deliver it, reap TX completions, run due timers.
+    pub(super) fn poll(
+        &mut self,
+        dp: &XdpDatapath,
+        provider: &Provider,
+        cfg: &EngineConfig,
+    ) -> Progress {
+        let queue = self.queue as usize;
+        let n = {
+            let mut xsk = lock(&dp.xsks[queue]);
+            let tcp = &mut self.tcp;
+            let n = xsk.recv_batch(cfg.rx_batch, |f| handle_frame(dp, provider, f, tcp));
+            xsk.reap_completions();
+            n
+        };
+        if !self.tcp.segments.is_empty() {
+            let bytes = &self.tcp.bytes;
+            provider.deliver_tcp_batch(
+                self.tcp
+                    .segments
+                    .drain(..)
+                    .map(|(src, dst, range)| (src, dst, &bytes[range])),
+            );
+            self.tcp.bytes.clear();
+        }
+        dp.counters.add_rx(n as u64);
+        dp.queue_counters[queue]
+            .rx_frames
+            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+        let mut until = None;
+        if self.timers
+            && let Some(deadline) = provider.tcp_next_timeout()
+        {
+            if deadline <= Instant::now() {
+                provider.tcp_tick();
+                return Progress::Busy;
+            }
+            until = Some(deadline);
+        }
+        if n > 0 {
+            Progress::Busy
+        } else {
+            Progress::Idle { until }
+        }
+    }
+
+    pub(super) fn runs_timers(&self) -> bool {
+        self.timers
+    }
+}
+
+/// The queue thread: step, and sleep in `poll` (without the queue lock, so senders can use the
+/// TX ring meanwhile) when idle.
 pub(super) fn run(queue: u32, dp: &XdpDatapath, provider: &Provider, cfg: &EngineConfig) {
     let poller = match lock(&dp.xsks[queue as usize]).poller() {
         Ok(p) => p,
@@ -22,50 +106,32 @@ pub(super) fn run(queue: u32, dp: &XdpDatapath, provider: &Provider, cfg: &Engin
             return;
         }
     };
-    // TCP segments are copied out of the RX frames and handed to the TCP engine after the
-    // queue's lock is released: the engine transmits (taking TX locks) as it processes them.
-    let mut tcp = TcpBatch::default();
-    // Queue 0's thread also runs the TCP timers.
-    let timers = queue == 0;
+    let mut step = QueueStep::new(queue);
     while dp.is_running() {
-        let n = {
-            let mut xsk = lock(&dp.xsks[queue as usize]);
-            let n = xsk.recv_batch(cfg.rx_batch, |f| handle_frame(dp, provider, f, &mut tcp));
-            xsk.reap_completions();
-            n
+        let Progress::Idle { until } = step.poll(dp, provider, cfg) else {
+            continue;
         };
-        if !tcp.segments.is_empty() {
-            let bytes = &tcp.bytes;
-            provider.deliver_tcp_batch(
-                tcp.segments
-                    .drain(..)
-                    .map(|(src, dst, range)| (src, dst, &bytes[range])),
-            );
-            tcp.bytes.clear();
+        if cfg.busy_poll {
+            continue;
         }
-        let mut timeout_ms = IDLE_POLL_MS;
-        if timers && let Some(deadline) = provider.tcp_next_timeout() {
-            let now = Instant::now();
-            if deadline <= now {
-                provider.tcp_tick();
-                continue;
-            }
-            let ms = (deadline - now).as_micros().div_ceil(1000);
-            timeout_ms = timeout_ms.min(i32::try_from(ms).unwrap_or(i32::MAX));
-        }
-        dp.counters.add_rx(n as u64);
-        dp.queue_counters[queue as usize]
-            .rx_frames
-            .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-        if n == 0 && !cfg.busy_poll {
-            // Sleep without holding the queue lock so senders can use the TX ring meanwhile.
-            if timers {
-                dp.waker.wait(&poller, timeout_ms);
-            } else {
-                poller.wait_readable(timeout_ms);
-            }
+        let timeout_ms = idle_timeout_ms(until, Instant::now());
+        if step.runs_timers() {
+            dp.waker.wait(&poller, timeout_ms);
+        } else {
+            poller.wait_readable(timeout_ms);
         }
     }
+}
+
+/// Milliseconds to sleep when idle: until the next timer, at most [`IDLE_POLL_MS`].
+pub(super) fn idle_timeout_ms(until: Option<Instant>, now: Instant) -> i32 {
+    until.map_or(IDLE_POLL_MS, |deadline| {
+        let ms = deadline
+            .saturating_duration_since(now)
+            .as_micros()
+            .div_ceil(1000);
+        i32::try_from(ms).unwrap_or(i32::MAX).min(IDLE_POLL_MS)
+    })
 }
 
 /// TCP segments of one RX batch, copied out of UMEM.

@@ -32,7 +32,7 @@ impl Waker {
     }
 
     /// Clear pending wake-ups.
-    fn drain(&self) {
+    pub(super) fn drain(&self) {
         let mut v: u64 = 0;
         // SAFETY: reads 8 bytes into a live u64 from our nonblocking eventfd.
         unsafe { libc::read(self.fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
@@ -59,5 +59,30 @@ impl Waker {
             self.drain();
         }
         n > 0 && fds[0].revents & libc::POLLIN != 0
+    }
+
+    /// `wait` on several AF_XDP sockets at once (an application-driven `Driver`).
+    pub fn wait_any<F: AsFd>(&self, xsks: &[F], timeout_ms: i32) {
+        let mut fds: Vec<libc::pollfd> = xsks
+            .iter()
+            .map(|x| x.as_fd().as_raw_fd())
+            .chain(std::iter::once(self.fd.as_raw_fd()))
+            .map(|fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: `fds` is a live array of `fds.len()` pollfds; poll does not keep the pointer.
+        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+        if n > 0 && fds.last().is_some_and(|p| p.revents & libc::POLLIN != 0) {
+            self.drain();
+        }
+    }
+}
+
+impl AsFd for Waker {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 }

@@ -1,0 +1,129 @@
+//! Driving the engine from the application's own event loop instead of queue threads
+//! ([`Drive::Application`](super::Drive::Application)).
+//!
+//! With queue threads every received segment crosses threads twice before the application sees
+//! it (NIC → queue thread → application thread), and on a small machine those wake-ups cost more
+//! than the protocol work. A [`Driver`] runs the very same per-queue step on whatever thread
+//! polls it — typically a task on the application's tokio runtime ([`crate::aio::drive`]), so
+//! reception, the TCP engine, the application and transmission share one thread, as with the
+//! kernel stack.
+//!
+//! Any event loop can drive it: call [`Driver::poll`] until it reports [`Progress::Idle`], then
+//! wait until one of [`Driver::fds`] is readable (the AF_XDP sockets and the timer wake-up
+//! eventfd) or the `until` instant passes, call [`Driver::clear_wake`], and poll again.
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use super::queue::{QueueStep, idle_timeout_ms};
+use super::{EngineConfig, XdpDatapath, datapath::lock};
+use crate::api::Provider;
+use crate::xsk::Poller;
+
+pub use super::queue::Progress;
+
+/// The engine's queue work, run by the caller. At most one exists per engine at a time; once
+/// the engine stops, [`is_running`](Self::is_running) turns false and polling does nothing.
+pub struct Driver {
+    dp: Arc<XdpDatapath>,
+    provider: Arc<Provider>,
+    cfg: EngineConfig,
+    steps: Vec<QueueStep>,
+    pollers: Vec<Poller>,
+    /// Cleared on drop so the engine can hand out another driver.
+    taken: Arc<AtomicBool>,
+}
+
+impl std::fmt::Debug for Driver {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Driver")
+            .field("queues", &self.steps.len())
+            .finish()
+    }
+}
+
+impl Driver {
+    pub(super) fn new(
+        dp: Arc<XdpDatapath>,
+        provider: Arc<Provider>,
+        cfg: EngineConfig,
+        taken: Arc<AtomicBool>,
+    ) -> std::io::Result<Self> {
+        let pollers = dp
+            .xsks
+            .iter()
+            .map(|x| lock(x).poller())
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let steps = (0..pollers.len() as u32).map(QueueStep::new).collect();
+        Ok(Self {
+            dp,
+            provider,
+            cfg,
+            steps,
+            pollers,
+            taken,
+        })
+    }
+
+    /// One batch on every queue: receive and deliver, reap TX completions, run due TCP timers.
+    /// `Busy` means poll again (let other tasks run in between); `Idle` means wait on
+    /// [`fds`](Self::fds) until readable or until `until`.
+    pub fn poll(&mut self) -> Progress {
+        if !self.dp.is_running() {
+            return Progress::Idle { until: None };
+        }
+        let mut busy = false;
+        let mut until: Option<Instant> = None;
+        for step in &mut self.steps {
+            match step.poll(&self.dp, &self.provider, &self.cfg) {
+                Progress::Busy => busy = true,
+                Progress::Idle { until: Some(t) } => {
+                    until = Some(until.map_or(t, |u| u.min(t)));
+                }
+                Progress::Idle { until: None } => {}
+            }
+        }
+        if busy {
+            Progress::Busy
+        } else {
+            Progress::Idle { until }
+        }
+    }
+
+    /// The descriptors to wait on for readability: every queue's AF_XDP socket, then the
+    /// eventfd that announces an earlier TCP timer.
+    pub fn fds(&self) -> impl Iterator<Item = BorrowedFd<'_>> {
+        self.pollers
+            .iter()
+            .map(|p| p.as_fd())
+            .chain(std::iter::once(self.dp.waker.as_fd()))
+    }
+
+    /// Consume a timer wake-up (after the eventfd was seen readable).
+    pub fn clear_wake(&self) {
+        self.dp.waker.drain();
+    }
+
+    /// False once the engine stopped: the caller's loop should end.
+    pub fn is_running(&self) -> bool {
+        self.dp.is_running()
+    }
+
+    /// Drive on the calling thread until the engine stops (what a queue thread does, for all
+    /// queues at once; sleeps in `poll(2)` when idle).
+    pub fn run_blocking(&mut self) {
+        while self.is_running() {
+            if let Progress::Idle { until } = self.poll() {
+                let timeout = idle_timeout_ms(until, Instant::now());
+                self.dp.waker.wait_any(&self.pollers, timeout);
+            }
+        }
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        self.taken.store(false, Ordering::Release);
+    }
+}
