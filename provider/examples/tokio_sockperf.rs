@@ -6,13 +6,16 @@
 //! with the same unmodified `sockperf` client.
 //!
 //! ```text
-//! tokio_sockperf (--iface <IF> | --kernel) [--listen 0.0.0.0:11111]
+//! tokio_sockperf (--iface <IF> | --kernel) [--listen 0.0.0.0:11111] [--drive threads|application]
 //! ```
 //!
-//! Current-thread runtime, one task per connection, TCP_NODELAY (as sockperf's server).
+//! Current-thread runtime, one task per connection, TCP_NODELAY (as sockperf's server). On the
+//! provider the runtime also runs the datapath (`--drive application`, the default:
+//! `provider::aio::drive`) unless `--drive threads` leaves it to the engine's queue threads.
 //! Prints `ready <addr>` once listening; serves until SIGINT/SIGTERM.
 use std::net::SocketAddr;
 
+use provider::engine::{Drive, Engine, EngineConfig};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
@@ -70,12 +73,20 @@ fn main() -> Result<(), Error> {
     let mut iface = None;
     let mut kernel = false;
     let mut listen: SocketAddr = "0.0.0.0:11111".parse()?;
+    let mut drive = Drive::Application;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--iface" => iface = args.next(),
             "--kernel" => kernel = true,
             "--listen" => listen = args.next().ok_or("--listen needs a value")?.parse()?,
+            "--drive" => {
+                drive = match args.next().as_deref() {
+                    Some("threads") => Drive::Threads,
+                    Some("application") => Drive::Application,
+                    _ => return Err("--drive threads|application".into()),
+                }
+            }
             other => return Err(format!("unknown argument {other:?}").into()),
         }
     }
@@ -86,9 +97,9 @@ fn main() -> Result<(), Error> {
         None
     } else {
         let iface = iface.ok_or("--iface <interface> (or --kernel) is required")?;
-        Some(provider::engine::Engine::start(
-            provider::engine::EngineConfig::new(iface),
-        )?)
+        let mut config = EngineConfig::new(iface);
+        config.drive = drive;
+        Some(Engine::start(config)?)
     };
     rt.block_on(async {
         match &engine {
@@ -103,6 +114,9 @@ fn main() -> Result<(), Error> {
                 });
             }
             Some(e) => {
+                if drive == Drive::Application {
+                    tokio::spawn(provider::aio::drive(e.driver()?));
+                }
                 let l = provider::aio::TcpListener::bind(e.provider(), listen)?;
                 println!("ready {} (provider)", l.local_addr()?);
                 tokio::spawn(async move {

@@ -49,6 +49,7 @@ pub async fn drive(mut driver: Driver) -> io::Result<()> {
     let wake_fd = fds.len() - 1;
     let mut batches = 0;
     while driver.is_running() {
+        driver.kick();
         let until = match driver.poll() {
             Progress::Busy => {
                 batches += 1;
@@ -66,7 +67,10 @@ pub async fn drive(mut driver: Driver) -> io::Result<()> {
         let sleep = tokio::time::sleep_until(deadline.into());
         tokio::pin!(sleep);
         let woken = poll_fn(|cx| {
-            let mut ready = false;
+            // Sends of the application's tasks wake this task to kick for them (see
+            // `Driver::defer_kicks`).
+            driver.defer_kicks(cx.waker());
+            let mut ready = driver.kick();
             let mut woken = false;
             for (i, fd) in fds.iter().enumerate() {
                 if let Poll::Ready(guard) = fd.poll_read_ready(cx) {
@@ -88,5 +92,6 @@ pub async fn drive(mut driver: Driver) -> io::Result<()> {
             driver.clear_wake();
         }
     }
+    driver.end_deferred_kicks();
     Ok(())
 }

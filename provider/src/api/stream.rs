@@ -15,6 +15,8 @@
 //! last of (the bound socket, every connection that uses it — TIME_WAIT included) is gone, so the
 //! kernel never sees, and never resets, a segment of a flow the provider owns.
 use std::collections::HashMap;
+
+use rustc_hash::FxHashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -75,8 +77,8 @@ pub(crate) struct TcpInner {
     pub(crate) engine: TcpEngine,
     /// Overlapped completions collected under the lock, delivered by `with_tcp` after it.
     pub(crate) completions: super::events::Done,
-    conns: HashMap<ConnId, ConnSlot>,
-    listeners: HashMap<ListenerId, Weak<SocketEntry>>,
+    conns: FxHashMap<ConnId, ConnSlot>,
+    listeners: FxHashMap<ListenerId, Weak<SocketEntry>>,
     /// References per steered TCP endpoint: bound sockets plus live connections.
     endpoint_refs: HashMap<SocketAddr, u32>,
     /// Scratch buffer for one outgoing segment.
@@ -100,8 +102,8 @@ impl TcpHost {
             inner: Mutex::new(TcpInner {
                 engine: TcpEngine::new(config, secret, now),
                 completions: Vec::new(),
-                conns: HashMap::new(),
-                listeners: HashMap::new(),
+                conns: FxHashMap::default(),
+                listeners: FxHashMap::default(),
                 endpoint_refs: HashMap::new(),
                 scratch: vec![0u8; 65536],
             }),

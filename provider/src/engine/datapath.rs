@@ -53,6 +53,12 @@ pub struct XdpDatapath {
     tx_pending: Vec<AtomicBool>,
     /// Wakes the timer thread when an earlier TCP deadline appears.
     pub(super) waker: super::wake::Waker,
+    /// While an async driver task runs (`aio::drive`), `flush_tx` leaves the kick to it: the
+    /// task is woken and kicks once for everything the application's tasks queued in one
+    /// scheduling round, instead of one system call per send.
+    deferred_kick: Mutex<Option<std::task::Waker>>,
+    /// A deferred kick is owed.
+    kick_wanted: AtomicBool,
 }
 
 /// Lock, recovering from a poisoned mutex: the guarded state stays consistent because no
@@ -83,6 +89,8 @@ impl XdpDatapath {
             queue_counters: xsks.iter().map(|_| QueueCounters::default()).collect(),
             tx_pending: xsks.iter().map(|_| AtomicBool::new(false)).collect(),
             waker,
+            deferred_kick: Mutex::new(None),
+            kick_wanted: AtomicBool::new(false),
             xsks,
             neighbours: Mutex::new(neighbours),
             running: Arc::new(AtomicBool::new(true)),
@@ -100,6 +108,39 @@ impl XdpDatapath {
 
     pub(super) fn set_down(&self) {
         self.running.store(false, Ordering::Release);
+    }
+
+    /// Kick every queue with frames waiting on its TX ring.
+    pub(super) fn kick_now(&self) {
+        for (q, pending) in self.tx_pending.iter().enumerate() {
+            if pending.swap(false, Ordering::AcqRel) {
+                let mut xsk = lock(&self.xsks[q]);
+                if let Err(err) = xsk.flush() {
+                    tracing::warn!(%err, queue = q, "TX kick failed");
+                }
+                xsk.reap_completions();
+            }
+        }
+    }
+
+    /// Defer kicks to the async driver task `waker` wakes (None: kick in `flush_tx` again,
+    /// and push out anything still owed).
+    pub(super) fn defer_kicks(&self, waker: Option<&std::task::Waker>) {
+        let mut slot = lock(&self.deferred_kick);
+        match (waker, slot.as_ref()) {
+            (Some(w), Some(cur)) if cur.will_wake(w) => {}
+            (Some(w), _) => *slot = Some(w.clone()),
+            (None, _) => {
+                *slot = None;
+                drop(slot);
+                self.kick_now();
+            }
+        }
+    }
+
+    /// Take the owed deferred kick, if any (true: the caller kicks).
+    pub(super) fn take_kick_wanted(&self) -> bool {
+        self.kick_wanted.swap(false, Ordering::AcqRel)
     }
 
     /// Unregister every queue's socket, forget every endpoint and detach the program, so the
@@ -254,15 +295,13 @@ impl Datapath for XdpDatapath {
     }
 
     fn flush_tx(&self) {
-        for (q, pending) in self.tx_pending.iter().enumerate() {
-            if pending.swap(false, Ordering::AcqRel) {
-                let mut xsk = lock(&self.xsks[q]);
-                if let Err(err) = xsk.flush() {
-                    tracing::warn!(%err, queue = q, "TX kick failed");
-                }
-                xsk.reap_completions();
+        if let Some(task) = lock(&self.deferred_kick).as_ref() {
+            if !self.kick_wanted.swap(true, Ordering::AcqRel) {
+                task.wake_by_ref();
             }
+            return;
         }
+        self.kick_now();
     }
 
     fn wake(&self) {

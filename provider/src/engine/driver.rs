@@ -105,6 +105,28 @@ impl Driver {
         self.dp.waker.drain();
     }
 
+    /// Leave TX kicks to the task `waker` wakes: until [`end_deferred_kicks`]
+    /// (Self::end_deferred_kicks), a send only queues its frames and wakes that task, which
+    /// then calls [`kick`](Self::kick) — one system call for everything the application queued
+    /// meanwhile. For async drivers whose task runs right after the application's tasks.
+    pub fn defer_kicks(&self, waker: &std::task::Waker) {
+        self.dp.defer_kicks(Some(waker));
+    }
+
+    /// Kick at once again in every send (and push out anything owed).
+    pub fn end_deferred_kicks(&self) {
+        self.dp.defer_kicks(None);
+    }
+
+    /// Push out the frames whose kick was deferred; true if there were any.
+    pub fn kick(&self) -> bool {
+        let owed = self.dp.take_kick_wanted();
+        if owed {
+            self.dp.kick_now();
+        }
+        owed
+    }
+
     /// False once the engine stopped: the caller's loop should end.
     pub fn is_running(&self) -> bool {
         self.dp.is_running()
@@ -124,6 +146,7 @@ impl Driver {
 
 impl Drop for Driver {
     fn drop(&mut self) {
+        self.end_deferred_kicks();
         self.taken.store(false, Ordering::Release);
     }
 }

@@ -54,7 +54,9 @@ pub struct TcpEngine {
     isn: IsnGenerator,
     slots: Vec<Slot>,
     free: Vec<u32>,
-    by_tuple: HashMap<(SocketAddr, SocketAddr), ConnId>,
+    /// Peer-chosen keys: a randomly seeded hash (foldhash), fast yet not steerable into
+    /// collisions by a peer that picks addresses and ports.
+    by_tuple: HashMap<(SocketAddr, SocketAddr), ConnId, foldhash::fast::RandomState>,
     listeners: Vec<ListenerSlot>,
     by_local: HashMap<SocketAddr, ListenerId>,
     wheel: TimerWheel<ConnId>,
@@ -78,7 +80,7 @@ impl TcpEngine {
             isn: IsnGenerator::new(secret, now),
             slots: Vec::new(),
             free: Vec::new(),
-            by_tuple: HashMap::new(),
+            by_tuple: HashMap::default(),
             listeners: Vec::new(),
             by_local: HashMap::new(),
             wheel: TimerWheel::new(now, TICK, SLOTS),

@@ -20,7 +20,7 @@
 //! the timers fired plus cascaded, plus a bitmap scan of `S/64` words per visited slot (empty
 //! slots are skipped via the bitmap, so a long idle jump costs nothing extra);
 //! `next_deadline` O(L·S/64) without touching timers.
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use std::hash::Hash;
 use std::time::{Duration, Instant};
 
@@ -58,7 +58,8 @@ pub struct TimerWheel<K: Copy + Eq + Hash> {
     levels: Vec<Level<K>>,
     /// Timers whose tick is ≤ `elapsed` (scheduled in the past).
     due: Vec<K>,
-    map: HashMap<K, Loc>,
+    /// Keys are the engine's own ids (not peer-chosen), so the fast unkeyed FxHash is safe.
+    map: FxHashMap<K, Loc>,
     /// Current tick: everything stored in the levels is strictly later.
     elapsed: u64,
 }
@@ -86,7 +87,7 @@ impl<K: Copy + Eq + Hash> TimerWheel<K> {
             bits,
             levels,
             due: Vec::new(),
-            map: HashMap::new(),
+            map: FxHashMap::default(),
             elapsed: 0,
         }
     }
