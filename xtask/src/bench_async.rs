@@ -9,8 +9,12 @@
 //! 2. `examples/http_server` (hyper 1; provider or `--kernel`) with `wrk -t1 -c32` on `GET /`:
 //!    requests/s. Skipped with a note if `wrk` is missing (`cargo xtask setup` installs it).
 //!
-//! Every measurement runs `--rounds` times (kernel and provider alternating which goes first);
-//! the table shows the median, `bench-results/async.json` every run.
+//! The provider runs twice: with the datapath on the runtime's own thread (`--drive
+//! application`, `provider::aio::drive`; the default) and on the engine's queue threads
+//! (`--drive threads`), both pinned to the same one server CPU as the kernel server.
+//!
+//! Every measurement runs `--rounds` times (the order of the stacks alternates per round); the
+//! table shows the median, `bench-results/async.json` every run.
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -47,7 +51,10 @@ impl Default for AsyncBenchOptions {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Stack {
     Kernel,
+    /// The datapath on the runtime's thread (`--drive application`, the examples' default).
     Provider,
+    /// The engine's queue threads run the datapath (`--drive threads`).
+    ProviderThreads,
 }
 
 impl Stack {
@@ -55,6 +62,7 @@ impl Stack {
         match self {
             Stack::Kernel => "kernel",
             Stack::Provider => "provider",
+            Stack::ProviderThreads => "provider-threads",
         }
     }
 }
@@ -78,7 +86,8 @@ fn server(lab: &Lab, dir: &Path, example: &str, stack: Stack, listen: &str) -> R
     c.args(["-c", SERVER_CPU]).arg(dir.join(example));
     match stack {
         Stack::Kernel => c.arg("--kernel"),
-        Stack::Provider => c.args(["--iface", &lab.provider_if]),
+        Stack::Provider => c.args(["--iface", &lab.provider_if, "--drive", "application"]),
+        Stack::ProviderThreads => c.args(["--iface", &lab.provider_if, "--drive", "threads"]),
     };
     c.args(["--listen", listen]);
     let mut p = Proc::spawn(&format!("{example} ({})", stack.name()), &mut c)?;
@@ -130,7 +139,7 @@ fn measure(
     let ip = lab.provider_v4.to_string();
     let secs = opts.seconds.to_string();
     let timeout = Duration::from_secs(opts.seconds + 30);
-    let port = (12000 + round * 10 + u32::from(stack == Stack::Provider)).to_string();
+    let port = (12000 + round * 10 + stack as u32).to_string();
     match server(lab, dir, "tokio_sockperf", stack, &format!("{ip}:{port}")) {
         Ok(mut srv) => {
             eprintln!("    sockperf ping-pong -m 64 ({})", stack.name());
@@ -205,7 +214,7 @@ fn measure(
         ));
         return out;
     }
-    let port = (8100 + round * 10 + u32::from(stack == Stack::Provider)).to_string();
+    let port = (8100 + round * 10 + stack as u32).to_string();
     let rps =
         server(lab, dir, "http_server", stack, &format!("{ip}:{port}")).and_then(|mut srv| {
             eprintln!("    wrk -c{} GET / ({})", opts.connections, stack.name());
@@ -259,9 +268,9 @@ pub fn run(opts: &AsyncBenchOptions) -> Result<()> {
     let mut raw = Vec::new();
     for round in 0..opts.rounds {
         let order = if round % 2 == 0 {
-            [Stack::Kernel, Stack::Provider]
+            [Stack::Kernel, Stack::Provider, Stack::ProviderThreads]
         } else {
-            [Stack::Provider, Stack::Kernel]
+            [Stack::ProviderThreads, Stack::Provider, Stack::Kernel]
         };
         for stack in order {
             eprintln!("==> round {}/{}: {}", round + 1, opts.rounds, stack.name());
@@ -286,19 +295,33 @@ pub fn run(opts: &AsyncBenchOptions) -> Result<()> {
     }
     let fmt = |v: Option<f64>| v.map_or_else(|| "failed".to_string(), |x| format!("{x:.1}"));
     let mut table = format!(
-        "{:<42} {:>14} {:>14} {:>8}\n",
-        "metric (median)", "kernel tokio", "provider aio", "ratio"
+        "{:<42} {:>14} {:>14} {:>8} {:>16} {:>8}\n",
+        "metric (median)", "kernel tokio", "provider aio", "ratio", "queue threads", "ratio"
     );
     let mut summary = serde_json::Map::new();
     for &(key, label, _higher_better) in METRICS {
         let get = |s: Stack| samples.get(&(key, s)).map(|v| median(v));
-        let (k, p) = (get(Stack::Kernel), get(Stack::Provider));
-        let ratio = match (k, p) {
-            (Some(k), Some(p)) if k > 0.0 => format!("{:.2}", p / k),
+        let (k, p, t) = (
+            get(Stack::Kernel),
+            get(Stack::Provider),
+            get(Stack::ProviderThreads),
+        );
+        let ratio = |x: Option<f64>| match (k, x) {
+            (Some(k), Some(x)) if k > 0.0 => format!("{:.2}", x / k),
             _ => "-".into(),
         };
-        table += &format!("{label:<42} {:>14} {:>14} {ratio:>8}\n", fmt(k), fmt(p));
-        summary.insert(key.into(), json!({ "kernel": k, "provider": p }));
+        table += &format!(
+            "{label:<42} {:>14} {:>14} {:>8} {:>16} {:>8}\n",
+            fmt(k),
+            fmt(p),
+            ratio(p),
+            fmt(t),
+            ratio(t)
+        );
+        summary.insert(
+            key.into(),
+            json!({ "kernel": k, "provider": p, "provider_threads": t }),
+        );
     }
     println!("\n{table}");
     for f in &failures {
