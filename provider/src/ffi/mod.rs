@@ -16,16 +16,32 @@
 //! * Addresses are Windows `sockaddr_in` / `sockaddr_in6` with AF_INET = 2, AF_INET6 = 23 (Linux's
 //!   10 is accepted on input), ports and IPv4 addresses in network byte order.
 //!
+//! # Asynchronous I/O ([`overlapped`], [`events`])
+//! * Overlapped WSPSend/WSPSendTo/WSPRecv/WSPRecvFrom (`lpOverlapped != NULL`): 0 when done at
+//!   once (still reported, as Windows), else SOCKET_ERROR with WSA_IO_PENDING; reported through
+//!   `lpCompletionRoutine` (run on the provider's `provider-completion` thread — not an APC of
+//!   the issuing thread: the deviation from Windows), else the `hEvent` event object, else the
+//!   completion queue the socket handle is associated with, else only WSPGetOverlappedResult.
+//!   `WSAOVERLAPPED.Internal` holds WSA_IO_PENDING / 0 / the error code, `InternalHigh` the
+//!   bytes. Sends copy their data at issue; receive buffers (and `lpFrom`) must stay valid until
+//!   completion, and are filled before anything is reported. Close aborts pending operations
+//!   with WSA_OPERATION_ABORTED through each mechanism, writing nothing into receive buffers.
+//! * Event objects (`provider_create_event`, …, `provider_wait_for_multiple_events`) and
+//!   completion queues (`provider_create_completion_queue`, `provider_associate_completion_queue`,
+//!   `provider_get_queued_completion`) are opaque handles checked against a registry.
+//! * WSPEventSelect / WSPEnumNetworkEvents (FD_READ, FD_WRITE, FD_ACCEPT, FD_CONNECT, FD_CLOSE),
+//!   WSPCancelBlockingCall.
+//!
 //! # Not yet (documented per call)
-//! * Overlapped I/O: `lpOverlapped != NULL` on WSPSend/WSPSendTo/WSPRecv/WSPRecvFrom/WSPIoctl
-//!   gives WSAEOPNOTSUPP until the overlapped engine lands (issue 5 item 1). As in Winsock,
-//!   `lpCompletionRoutine` is ignored when `lpOverlapped` is NULL. `lpThreadId` is accepted and
-//!   ignored (it only matters for completion routines).
+//! * Overlapped WSPIoctl (`lpOverlapped != NULL` → WSAEOPNOTSUPP). `lpThreadId` is accepted and
+//!   ignored (routines run on the provider's completion thread). Pending operations of sockets
+//!   still open at `provider_stop` are marked WSA_OPERATION_ABORTED in their `WSAOVERLAPPED`
+//!   but reported through no mechanism: close sockets first.
 //! * `WSPDuplicateSocket` proper (a `WSAPROTOCOL_INFOW` for another process) is not offered:
 //!   `WSPDuplicateSocketLite` gives a second handle in this process.
 //! * Conditional accept (`lpfnCondition`), socket groups, QOS and connect data.
 //!
-//! All `unsafe` of the ABI lives in this module.
+//! All `unsafe` of the ABI lives in this module and its submodules.
 #![allow(non_snake_case, non_camel_case_types, clippy::too_many_arguments)]
 
 pub mod events;
