@@ -221,10 +221,12 @@ unsafe fn issue(
         fired: Arc::clone(&fired),
     };
     let r = start(&Overlapped::with_hook(move |c| complete(op, c)));
-    let r = match r {
-        Ok(_) => Ok(()),
+    let (r, bytes) = match r {
+        Ok(n) => (Ok(()), n),
         Err(WsaError::WSA_IO_PENDING) => return Err(WSA_IO_PENDING),
-        Err(e) if fired.done.load(Ordering::SeqCst) => Err(e.code()),
+        Err(e) if fired.done.load(Ordering::SeqCst) => {
+            (Err(e.code()), fired.bytes.load(Ordering::SeqCst))
+        }
         Err(e) => {
             // Failed at once: reported nowhere (as Windows); the structure is free again.
             let mut ops = lock(&OPS);
@@ -240,7 +242,7 @@ unsafe fn issue(
     // Completed at once: the hook has run.
     if !lp_bytes.is_null() {
         // SAFETY: non-NULL, writable (contract).
-        unsafe { put(lp_bytes, len_u32(fired.bytes.load(Ordering::SeqCst)))? };
+        unsafe { put(lp_bytes, len_u32(bytes))? };
     }
     if !lp_flags.is_null() {
         // SAFETY: non-NULL, writable (contract).
