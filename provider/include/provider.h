@@ -165,10 +165,65 @@
 #define WSAEINVAL 10022
 
 /*
- `WSAEOPNOTSUPP`: also what overlapped calls (non-NULL `lpOverlapped`) give until the
- overlapped engine lands.
+ `WSAEOPNOTSUPP`: also what WSPIoctl gives with a non-NULL `lpOverlapped`.
  */
 #define WSAEOPNOTSUPP 10045
+
+/*
+ `WSAEINTR`: a blocking call interrupted by a close in another thread.
+ */
+#define WSAEINTR 10004
+
+/*
+ `WSAEWOULDBLOCK`.
+ */
+#define WSAEWOULDBLOCK 10035
+
+/*
+ `WSAENOTSOCK`: not a (live) socket handle.
+ */
+#define WSAENOTSOCK 10038
+
+/*
+ `WSAENOTCONN`.
+ */
+#define WSAENOTCONN 10057
+
+/*
+ `WSAECONNABORTED`.
+ */
+#define WSAECONNABORTED 10053
+
+/*
+ `WSAECONNRESET`.
+ */
+#define WSAECONNRESET 10054
+
+/*
+ `WSA_INVALID_HANDLE`: a NULL, garbage or closed event / completion queue handle.
+ */
+#define WSA_INVALID_HANDLE 6
+
+/*
+ `WSA_OPERATION_ABORTED`: a pending overlapped operation ended by the close of its socket.
+ */
+#define WSA_OPERATION_ABORTED 995
+
+/*
+ `WSA_IO_INCOMPLETE`: `WSPGetOverlappedResult` with `fWait` FALSE on a pending operation.
+ */
+#define WSA_IO_INCOMPLETE 996
+
+/*
+ `WSA_IO_PENDING`: an overlapped operation was started and completes later; also the value
+ of `WSAOVERLAPPED.Internal` while it is pending.
+ */
+#define WSA_IO_PENDING 997
+
+/*
+ Length of `WSANETWORKEVENTS.iErrorCode`.
+ */
+#define FD_MAX_EVENTS 10
 
 /*
  `WSAEAFNOSUPPORT`.
@@ -275,21 +330,37 @@ typedef void *LPQOS;
 typedef uint32_t *LPDWORD;
 
 /*
- Windows `HANDLE`.
+ Windows `HANDLE`: here an opaque handle of an event object or a completion queue made by
+ `provider_create_event` / `provider_create_completion_queue` (never a pointer to memory).
  */
 typedef void *HANDLE;
 
 /*
- `WSAOVERLAPPED`, laid out as on Windows. Not used yet: the calls that take one reject a
- non-NULL pointer with WSAEOPNOTSUPP until overlapped I/O lands (issue 5 item 1).
+ `WSAOVERLAPPED`, laid out as on Windows: one overlapped operation at a time. It must stay
+ valid (not freed, not moved) until the operation has completed.
  */
 typedef struct WSAOVERLAPPED {
+  /*
+   Status, written by the provider: WSA_IO_PENDING while pending, then 0 (success) or the
+   operation's error code (WSA_OPERATION_ABORTED after close, WSAECONNRESET, WSAEMSGSIZE, …).
+   */
   DWORD_PTR Internal;
+  /*
+   Bytes transferred, written by the provider at completion.
+   */
   DWORD_PTR InternalHigh;
+  /*
+   Written by the provider at completion: the operation's MSG_* out flags (always 0).
+   */
   DWORD Offset;
+  /*
+   Not used by the provider.
+   */
   DWORD OffsetHigh;
   /*
-   Event signalled on completion.
+   Event object (`provider_create_event`) set on completion, or NULL. Not read when a
+   completion routine is given (free for the application then, as Windows). As Windows, a
+   handle with its low bit set names the event with that bit cleared.
    */
   HANDLE hEvent;
 } WSAOVERLAPPED;
@@ -302,6 +373,9 @@ typedef struct WSAOVERLAPPED *LPWSAOVERLAPPED;
 /*
  `LPWSAOVERLAPPED_COMPLETION_ROUTINE`: `void (*)(DWORD dwError, DWORD cbTransferred,
  LPWSAOVERLAPPED lpOverlapped, DWORD dwFlags)`. Ignored when `lpOverlapped` is NULL (Winsock).
+ Runs on the provider's completion thread (`provider-completion`), one routine at a time in
+ completion order — not as an APC in the issuing thread's alertable wait (the deviation from
+ Windows). It may issue new overlapped operations; it must not block for long.
  */
 typedef void (*LPWSAOVERLAPPED_COMPLETION_ROUTINE)(DWORD,
                                                    DWORD,
@@ -320,6 +394,45 @@ typedef struct WSATHREADID {
  `WSATHREADID *`.
  */
 typedef struct WSATHREADID *LPWSATHREADID;
+
+/*
+ `WSAEVENT`: an event object handle.
+ */
+typedef HANDLE WSAEVENT;
+
+/*
+ Windows `BOOL`: nonzero is TRUE (1), 0 is FALSE.
+ */
+typedef int32_t BOOL;
+
+/*
+ Windows `ULONG_PTR` (pointer-sized): completion keys.
+ */
+typedef size_t ULONG_PTR;
+
+/*
+ Windows `LONG` / `long` (32 bits on Windows, so `int32_t` here, not the LP64 C `long`).
+ */
+typedef int32_t LONG;
+
+/*
+ `WSANETWORKEVENTS`: what `WSPEnumNetworkEvents` reports.
+ */
+typedef struct WSANETWORKEVENTS {
+  /*
+   The FD_* events recorded since the last call.
+   */
+  LONG lNetworkEvents;
+  /*
+   Per event, its error code (0: none), indexed by FD_*_BIT.
+   */
+  int32_t iErrorCode[FD_MAX_EVENTS];
+} WSANETWORKEVENTS;
+
+/*
+ `WSANETWORKEVENTS *`.
+ */
+typedef struct WSANETWORKEVENTS *LPWSANETWORKEVENTS;
 
 /*
  `struct linger` for `SO_LINGER` (4 bytes). `{1, 0}` closes with a reset.
@@ -374,6 +487,98 @@ typedef struct sockaddr_in6 {
  `INVALID_SOCKET` (`~0`): what the `SOCKET` calls return on failure.
  */
 #define INVALID_SOCKET UINT64_MAX
+
+/*
+ `WSA_WAIT_EVENT_0`: `provider_wait_for_multiple_events` returns this + the index.
+ */
+#define WSA_WAIT_EVENT_0 0
+
+/*
+ `WSA_WAIT_IO_COMPLETION` (never returned: completion routines run on the provider's
+ completion thread, not in alertable waits).
+ */
+#define WSA_WAIT_IO_COMPLETION 192
+
+/*
+ `WSA_WAIT_TIMEOUT` (WAIT_TIMEOUT, 258): also the `*lpErrno` of a timed-out
+ `provider_get_queued_completion`.
+ */
+#define WSA_WAIT_TIMEOUT 258
+
+/*
+ `WSA_WAIT_FAILED`.
+ */
+#define WSA_WAIT_FAILED 4294967295
+
+/*
+ `WSA_INFINITE`: wait without a timeout.
+ */
+#define WSA_INFINITE 4294967295
+
+/*
+ `WSA_MAXIMUM_WAIT_EVENTS`: most handles one wait takes.
+ */
+#define WSA_MAXIMUM_WAIT_EVENTS 64
+
+/*
+ `FD_READ`: data (a datagram) to read; re-enabled by any receive.
+ */
+#define FD_READ (1 << FD_READ_BIT)
+
+/*
+ `FD_WRITE`: send space after connect/accept, or after a send that gave WSAEWOULDBLOCK.
+ */
+#define FD_WRITE (1 << FD_WRITE_BIT)
+
+/*
+ `FD_OOB` (accepted, never recorded: no urgent data).
+ */
+#define FD_OOB (1 << FD_OOB_BIT)
+
+/*
+ `FD_ACCEPT`: a connection to accept; re-enabled by WSPAccept.
+ */
+#define FD_ACCEPT (1 << FD_ACCEPT_BIT)
+
+/*
+ `FD_CONNECT`: the connect attempt ended (error 0, WSAECONNREFUSED, WSAETIMEDOUT).
+ */
+#define FD_CONNECT (1 << FD_CONNECT_BIT)
+
+/*
+ `FD_CLOSE`: the connection closed (error 0: peer's FIN, WSAECONNRESET, WSAECONNABORTED).
+ */
+#define FD_CLOSE (1 << FD_CLOSE_BIT)
+
+/*
+ Index of FD_READ's code in `WSANETWORKEVENTS.iErrorCode`.
+ */
+#define FD_READ_BIT 0
+
+/*
+ Index of FD_WRITE's code.
+ */
+#define FD_WRITE_BIT 1
+
+/*
+ Index of FD_OOB's code.
+ */
+#define FD_OOB_BIT 2
+
+/*
+ Index of FD_ACCEPT's code.
+ */
+#define FD_ACCEPT_BIT 3
+
+/*
+ Index of FD_CONNECT's code.
+ */
+#define FD_CONNECT_BIT 4
+
+/*
+ Index of FD_CLOSE's code.
+ */
+#define FD_CLOSE_BIT 5
 
 #ifdef __cplusplus
 extern "C" {
@@ -473,12 +678,20 @@ int32_t WSPConnect(SOCKET s,
 /*
  WSPSend on a connected stream socket: the buffers are sent in order as one write.
  `*lpNumberOfBytesSent` gets the count. `dwFlags`: 0 or MSG_DONTROUTE (ignored); anything else
- → WSAEOPNOTSUPP. `lpOverlapped != NULL` → WSAEOPNOTSUPP until overlapped I/O lands
- (`lpCompletionRoutine`, `lpThreadId` ignored).
+ → WSAEOPNOTSUPP.
+
+ Overlapped (`lpOverlapped != NULL`): the data is copied at once; returns 0 if every byte is
+ in the send buffer at once (`*lpNumberOfBytesSent` set if not NULL; the completion is still
+ reported), else SOCKET_ERROR with WSA_IO_PENDING and the completion is reported through
+ `lpCompletionRoutine` (on the provider's completion thread), else `lpOverlapped->hEvent`,
+ else the socket's completion queue, else only WSPGetOverlappedResult. WSAEINVAL: the
+ `WSAOVERLAPPED` has an operation pending; WSA_INVALID_HANDLE: a bad `hEvent`. `lpThreadId`
+ is ignored.
 
  # Safety
  `lpBuffers` is NULL or points to `dwBufferCount` `WSABUF`s whose `buf` point to `len`
- readable bytes; `lpNumberOfBytesSent` NULL or writable; `lpErrno` as for every call.
+ readable bytes; `lpNumberOfBytesSent` NULL or writable; `lpOverlapped` NULL or a
+ `WSAOVERLAPPED` valid until the operation completes; `lpErrno` as for every call.
  */
 int32_t WSPSend(SOCKET s,
                 LPWSABUF lpBuffers,
@@ -493,7 +706,7 @@ int32_t WSPSend(SOCKET s,
 /*
  WSPSendTo: a datagram gathered from the buffers, to `lpTo` (a `sockaddr_in`/`sockaddr_in6`,
  `iTolen` too short → WSAEFAULT). On a stream socket `lpTo` is ignored (WSPSend).
- Flags and overlapped parameters as for WSPSend.
+ Flags and overlapped parameters as for WSPSend (a datagram send completes at once).
 
  # Safety
  As WSPSend; `lpTo` is NULL or points to `iTolen` readable bytes.
@@ -514,13 +727,21 @@ int32_t WSPSendTo(SOCKET s,
  WSPRecv. Stream: `*lpNumberOfBytesRecvd = 0` with success is the peer's graceful close.
  Datagram: one datagram scattered over the buffers; larger than them → buffers filled, count
  set, SOCKET_ERROR with WSAEMSGSIZE. `*lpFlags` must be 0 on input (MSG_PEEK/MSG_OOB/
- MSG_WAITALL/MSG_PARTIAL → WSAEOPNOTSUPP) and is 0 on output. `lpOverlapped != NULL` →
- WSAEOPNOTSUPP until overlapped I/O lands (`lpCompletionRoutine`, `lpThreadId` ignored).
+ MSG_WAITALL/MSG_PARTIAL → WSAEOPNOTSUPP) and is 0 on output.
+
+ Overlapped (`lpOverlapped != NULL`): returns 0 if data (or the EOF) is there at once
+ (buffers filled, `*lpNumberOfBytesRecvd` set if not NULL, `*lpFlags` 0; the completion is
+ still reported), else SOCKET_ERROR with WSA_IO_PENDING. **The buffers must stay valid until
+ completion** (as Windows): the received bytes are copied into them before the completion is
+ reported (routine, `hEvent`, completion queue, WSPGetOverlappedResult — see WSPSend); an
+ operation aborted by WSPCloseSocket (WSA_OPERATION_ABORTED) writes nothing into them.
+ `lpThreadId` is ignored.
 
  # Safety
  `lpBuffers` is NULL or points to `dwBufferCount` `WSABUF`s whose `buf` point to `len`
- writable bytes; `lpNumberOfBytesRecvd`, `lpFlags` NULL or readable and writable; `lpErrno`
- as for every call.
+ writable bytes (until completion when overlapped); `lpNumberOfBytesRecvd`, `lpFlags` NULL
+ or readable and writable; `lpOverlapped` NULL or a `WSAOVERLAPPED` valid until the operation
+ completes; `lpErrno` as for every call.
  */
 int32_t WSPRecv(SOCKET s,
                 LPWSABUF lpBuffers,
@@ -537,10 +758,12 @@ int32_t WSPRecv(SOCKET s,
  then `lpFromlen` must be non-NULL with `*lpFromlen` at least the socket family's
  `sockaddr_in`/`sockaddr_in6` size, checked before receiving → WSAEFAULT) and its size to
  `*lpFromlen`. For a stream socket `lpFrom`/`lpFromlen` are ignored (Winsock).
+ Overlapped as WSPRecv; the sender of a datagram received later is written to `lpFrom` /
+ `*lpFromlen` at completion, so they too must stay valid until then.
 
  # Safety
  As WSPRecv; `lpFrom` is NULL or points to `*lpFromlen` writable bytes, `lpFromlen` NULL or
- a readable and writable `int`.
+ a readable and writable `int` (until completion when overlapped).
  */
 int32_t WSPRecvFrom(SOCKET s,
                     LPWSABUF lpBuffers,
@@ -566,6 +789,9 @@ int32_t WSPShutdown(SOCKET s,
 
 /*
  WSPCloseSocket, with the linger semantics of DESIGN §7 (SO_LINGER {1, 0}: reset at once).
+ When the last handle of the socket closes, its pending overlapped operations complete with
+ WSA_OPERATION_ABORTED through their mechanisms (possibly before this call returns); the
+ handle's completion queue association ends.
 
  # Safety
  `lpErrno` is NULL or points to a writable `int`.
@@ -607,7 +833,7 @@ int32_t WSPGetSockOpt(SOCKET s,
  WSPIoctl, synchronous: FIONBIO (`lpvInBuffer` a 4-byte `u_long`, nonzero → nonblocking) and
  FIONREAD (`lpvOutBuffer` gets a 4-byte `u_long`, the readable bytes; `*lpcbBytesReturned`
  = 4). Short or NULL buffers, or a NULL `lpcbBytesReturned` → WSAEFAULT; other codes →
- WSAEINVAL. `lpOverlapped != NULL` → WSAEOPNOTSUPP until overlapped I/O lands.
+ WSAEINVAL. `lpOverlapped != NULL` → WSAEOPNOTSUPP (no overlapped ioctl).
 
  # Safety
  `lpvInBuffer` NULL or `cbInBuffer` readable bytes; `lpvOutBuffer` NULL or `cbOutBuffer`
@@ -659,6 +885,149 @@ int32_t WSPGetPeerName(SOCKET s,
  */
 SOCKET WSPDuplicateSocketLite(SOCKET s,
                               LPINT lpErrno);
+
+/*
+ WSACreateEvent: a new manual-reset event object, not set. NULL on failure.
+ */
+WSAEVENT provider_create_event(void);
+
+/*
+ WSASetEvent: TRUE, or FALSE for an invalid handle. Wakes every waiter.
+ */
+BOOL provider_set_event(WSAEVENT hEvent);
+
+/*
+ WSAResetEvent: TRUE, or FALSE for an invalid handle.
+ */
+BOOL provider_reset_event(WSAEVENT hEvent);
+
+/*
+ WSACloseEvent: TRUE, or FALSE for an invalid handle (or a queue's). The handle is invalid
+ afterwards; a socket selected on it or an operation issued with it keeps the object alive.
+ */
+BOOL provider_close_event(WSAEVENT hEvent);
+
+/*
+ WSAWaitForMultipleEvents: wait until any of the `cEvents` events is set (`fWaitAll`: all of
+ them at once), for at most `dwTimeout` ms (WSA_INFINITE: forever). Returns
+ WSA_WAIT_EVENT_0 + the lowest index set (any) or WSA_WAIT_EVENT_0 (all), WSA_WAIT_TIMEOUT,
+ or WSA_WAIT_FAILED (`cEvents` 0 or above WSA_MAXIMUM_WAIT_EVENTS, NULL `lphEvents`, an
+ invalid handle). Events are manual-reset: nothing is reset. The thread sleeps (no polling).
+ `fAlertable` is accepted and ignored: completion routines run on the provider's completion
+ thread, so WSA_WAIT_IO_COMPLETION is never returned.
+
+ # Safety
+ `lphEvents` is NULL or points to `cEvents` readable handles.
+ */
+DWORD provider_wait_for_multiple_events(DWORD cEvents,
+                                        const WSAEVENT *lphEvents,
+                                        BOOL fWaitAll,
+                                        DWORD dwTimeout,
+                                        BOOL fAlertable);
+
+/*
+ CreateIoCompletionPort (new port): a completion queue, or NULL on failure.
+ */
+HANDLE provider_create_completion_queue(void);
+
+/*
+ CreateIoCompletionPort (associate): the overlapped operations issued on socket handle `s`
+ from now on with neither a completion routine nor an `hEvent` complete into `queue`, tagged
+ `key`. Codes: WSA_INVALID_HANDLE (queue), WSAENOTSOCK, WSAEINVAL (the handle is already
+ associated; as Windows, an association lasts until the socket is closed). The association
+ belongs to this handle, not to handles duplicated from it.
+
+ # Safety
+ `lpErrno` is NULL or points to a writable `int`.
+ */
+int32_t provider_associate_completion_queue(HANDLE queue_handle,
+                                            SOCKET s,
+                                            ULONG_PTR key,
+                                            LPINT lpErrno);
+
+/*
+ GetQueuedCompletionStatus: the oldest completion of `queue`, waiting up to `dwTimeoutMs`
+ (WSA_INFINITE: forever).
+ * TRUE: an operation succeeded; `*lpBytes`, `*lpKey`, `*lpOverlapped` are set.
+ * FALSE with `*lpOverlapped` non-NULL: an operation failed; the outputs are set and
+   `*lpErrno` is its error (WSA_OPERATION_ABORTED after close, WSAECONNRESET, …).
+ * FALSE with `*lpOverlapped` NULL: nothing dequeued; `*lpErrno` is WSA_WAIT_TIMEOUT, or
+   WSA_INVALID_HANDLE (invalid queue, or the queue was closed while waiting).
+
+ NULL `lpBytes`, `lpKey` or `lpOverlapped` → WSAEFAULT.
+
+ # Safety
+ `lpBytes`, `lpKey`, `lpOverlapped` are NULL or writable; `lpErrno` as for every call.
+ */
+BOOL provider_get_queued_completion(HANDLE queue_handle,
+                                    LPDWORD lpBytes,
+                                    ULONG_PTR *lpKey,
+                                    LPWSAOVERLAPPED *lpOverlapped,
+                                    DWORD dwTimeoutMs,
+                                    LPINT lpErrno);
+
+/*
+ CloseHandle on a queue: TRUE, or FALSE for an invalid handle (or an event's). Threads
+ waiting in `provider_get_queued_completion` return FALSE with WSA_INVALID_HANDLE; later
+ completions of sockets associated with it are dropped.
+ */
+BOOL provider_close_completion_queue(HANDLE queue_handle);
+
+/*
+ WSPEventSelect: record the FD_* events of `lNetworkEvents` on `s` and set `hEventObject`
+ when one is recorded (rules: README "Event select and overlapped I/O"). Makes the socket
+ nonblocking. `lNetworkEvents` 0 cancels the selection (`hEventObject` may then be NULL).
+ Codes: WSA_INVALID_HANDLE, WSAENOTSOCK.
+
+ # Safety
+ `lpErrno` is NULL or points to a writable `int`.
+ */
+int32_t WSPEventSelect(SOCKET s,
+                       WSAEVENT hEventObject,
+                       LONG lNetworkEvents,
+                       LPINT lpErrno);
+
+/*
+ WSPEnumNetworkEvents: the events recorded on `s` since the last call, with their error
+ codes, into `*lpNetworkEvents` (NULL → WSAEFAULT); clears the record. `hEventObject` may be
+ NULL; if given it is reset (WSA_INVALID_HANDLE if invalid).
+
+ # Safety
+ `lpNetworkEvents` is NULL or writable; `lpErrno` as for every call.
+ */
+int32_t WSPEnumNetworkEvents(SOCKET s,
+                             WSAEVENT hEventObject,
+                             LPWSANETWORKEVENTS lpNetworkEvents,
+                             LPINT lpErrno);
+
+/*
+ WSPCancelBlockingCall (Winsock 1.1): there are no blocking hooks, so the calling thread never
+ has a blocking call to cancel: always SOCKET_ERROR with WSAEINVAL (or WSANOTINITIALISED).
+
+ # Safety
+ `lpErrno` is NULL or points to a writable `int`.
+ */
+int32_t WSPCancelBlockingCall(LPINT lpErrno);
+
+/*
+ WSPGetOverlappedResult: the result of the overlapped operation issued with `lpOverlapped`.
+ While it is pending: with `fWait` the call sleeps until it completes, else FALSE with
+ WSA_IO_INCOMPLETE. Once complete: `*lpcbTransfer` = bytes, `*lpdwFlags` = 0, and TRUE, or
+ FALSE with the operation's error (WSA_OPERATION_ABORTED after close, …; `*lpcbTransfer`
+ still set). The result is read from the structure (`Internal`, `InternalHigh`), so it stays
+ readable after the socket is closed; `s` is not checked. A structure never issued through
+ the provider → WSAEINVAL; NULL pointers → WSAEFAULT.
+
+ # Safety
+ `lpOverlapped` is NULL or a `WSAOVERLAPPED` issued through this provider (or at least
+ readable); `lpcbTransfer`, `lpdwFlags` NULL or writable; `lpErrno` as for every call.
+ */
+BOOL WSPGetOverlappedResult(SOCKET s,
+                            LPWSAOVERLAPPED lpOverlapped,
+                            LPDWORD lpcbTransfer,
+                            BOOL fWait,
+                            LPDWORD lpdwFlags,
+                            LPINT lpErrno);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -1,7 +1,12 @@
-//! The C ABI end to end (issue 5 item 5): `provider/examples/c/echo.c` is compiled with gcc
-//! against `include/provider.h` and `libprovider.so`, runs in the lab's provider namespace, and
-//! talks to kernel TCP in the peer namespace: a kernel client echoes through the C server, then
-//! the C client's SO_LINGER {1, 0} close makes the kernel peer's recv fail with ECONNRESET.
+//! The C ABI end to end (issue 5 item 5): the C examples in `provider/examples/c/` are
+//! compiled with gcc against `include/provider.h` and `libprovider.so`, run in the lab's
+//! provider namespace, and talk to kernel TCP in the peer namespace.
+//! * `echo.c`: a kernel client echoes through the C server, then the C client's SO_LINGER
+//!   {1, 0} close makes the kernel peer's recv fail with ECONNRESET.
+//! * `async_echo.c`: several concurrent kernel clients echo through the overlapped C server
+//!   (FD_ACCEPT event select, completion queue), then a pending overlapped recv is aborted by
+//!   close (WSA_OPERATION_ABORTED through its completion routine, buffer untouched).
+//!
 //! Needs root and gcc; run by `cargo xtask test`.
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
@@ -42,15 +47,15 @@ fn lib_dir() -> PathBuf {
         })
 }
 
-/// gcc the example; returns the executable.
-fn build_example() -> PathBuf {
+/// gcc `provider/examples/c/<source>` into `target/<profile>/<name>`; returns the executable.
+fn build_example(source: &str, name: &str) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     let lib = lib_dir();
-    let out = target_dir().join("echo-c");
+    let out = target_dir().join(name);
     let status = Command::new("gcc")
-        .args(["-Wall", "-Wextra", "-Werror", "-O2", "-I"])
+        .args(["-Wall", "-Wextra", "-Werror", "-O2", "-pthread", "-I"])
         .arg(root.join("provider/include"))
-        .arg(root.join("provider/examples/c/echo.c"))
+        .arg(root.join("provider/examples/c").join(source))
         .arg("-L")
         .arg(&lib)
         .arg("-lprovider")
@@ -70,7 +75,7 @@ fn pattern(n: usize) -> Vec<u8> {
 #[test]
 #[ignore = "needs root (namespace lab) and gcc; run by `cargo xtask test`"]
 fn c_example_echo_and_linger0_reset() {
-    let exe = build_example();
+    let exe = build_example("echo.c", "echo-c");
     let lab = Lab::up(&LabConfig::default()).expect("lab up");
 
     // The kernel listener for step 3 exists before the C program connects.
@@ -147,4 +152,115 @@ fn c_example_echo_and_linger0_reset() {
     expect_line("reset");
     let status = child.wait().expect("wait echo-c");
     assert!(status.success(), "echo-c exited with {status}");
+}
+
+const ASYNC_PORT: u16 = 7310;
+const ASYNC_CONNS: usize = 8;
+
+/// Client `i`'s bytes: a size and a pattern of its own.
+fn client_data(i: usize) -> Vec<u8> {
+    let n = 200_000 + i * 37_001;
+    (0..n).map(|k| ((k * (i + 3) + i) % 253) as u8).collect()
+}
+
+#[test]
+#[ignore = "needs root (namespace lab) and gcc; run by `cargo xtask test`"]
+fn c_async_example_concurrent_echo_and_abort_on_close() {
+    let exe = build_example("async_echo.c", "async-echo-c");
+    let lab = Lab::up(&LabConfig::default()).expect("lab up");
+    let mut child = lab
+        .provider_cmd(&exe)
+        .args([
+            lab.provider_if.as_str(),
+            &ASYNC_PORT.to_string(),
+            &ASYNC_CONNS.to_string(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn async-echo-c");
+    let (tx, rx) = mpsc::channel();
+    let stdout = child.stdout.take().unwrap();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            println!("[async-echo-c] {line}");
+            let _ = tx.send(line);
+        }
+    });
+    let next_line = || {
+        rx.recv_timeout(Duration::from_secs(60))
+            .expect("async-echo-c went quiet")
+    };
+    assert_eq!(next_line(), "ready");
+
+    // Concurrent kernel clients, each writing its own bytes while reading the echo.
+    let echoed = in_peer(&lab, || {
+        let streams: Vec<TcpStream> = (0..ASYNC_CONNS)
+            .map(|_| {
+                let s = TcpStream::connect(SocketAddr::from((PROVIDER_V4, ASYNC_PORT)))
+                    .expect("connect");
+                s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+                s
+            })
+            .collect();
+        let handles: Vec<_> = streams
+            .into_iter()
+            .enumerate()
+            .map(|(i, s)| {
+                thread::spawn(move || {
+                    let mut w = s.try_clone().unwrap();
+                    let writer = thread::spawn(move || {
+                        w.write_all(&client_data(i)).expect("kernel write");
+                        w.shutdown(Shutdown::Write).unwrap();
+                    });
+                    let mut got = Vec::new();
+                    (&s).read_to_end(&mut got).expect("kernel read echo");
+                    writer.join().unwrap();
+                    got
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect::<Vec<_>>()
+    });
+    let mut total = 0;
+    for (i, got) in echoed.iter().enumerate() {
+        let want = client_data(i);
+        assert_eq!(got.len(), want.len(), "client {i}: echoed length");
+        assert!(*got == want, "client {i}: echoed bytes differ");
+        total += want.len();
+    }
+    // One "conn K echoed N" line per connection (any order), then "echo done".
+    let mut reported = 0;
+    for _ in 0..ASYNC_CONNS {
+        let line = next_line();
+        let n: usize = line
+            .strip_prefix("conn ")
+            .and_then(|r| r.split(" echoed ").nth(1))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("expected \"conn K echoed N\", got {line:?}"));
+        reported += n;
+    }
+    assert_eq!(reported, total, "bytes the C server reports echoed");
+    assert_eq!(next_line(), "echo done");
+
+    // An idle client: its pending overlapped recv is aborted by the server's close.
+    let idle = in_peer(&lab, || {
+        let s = TcpStream::connect(SocketAddr::from((PROVIDER_V4, ASYNC_PORT))).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s
+    });
+    assert_eq!(next_line(), "pending");
+    assert_eq!(next_line(), "routine error 995 bytes 0 flags 0");
+    assert_eq!(next_line(), "aborted 995 untouched");
+    let mut rest = [0u8; 16];
+    assert_eq!(
+        (&idle).read(&mut rest).expect("idle client read"),
+        0,
+        "graceful close (EOF)"
+    );
+    let status = child.wait().expect("wait async-echo-c");
+    assert!(status.success(), "async-echo-c exited with {status}");
 }

@@ -61,6 +61,13 @@ pub const FD_MAX_EVENTS: usize = 10;
 /// Every event the provider records.
 pub const FD_ALL: u32 = FD_READ | FD_WRITE | FD_ACCEPT | FD_CONNECT | FD_CLOSE;
 
+/// Process-wide generation of [`WsaEvent::set`] calls: a thread waiting for several events
+/// ([`WsaEvent::wait_multiple`]) sleeps on `SET_CV` and rechecks after every set — no polling,
+/// no lost wake-up (a set bumps the generation under `SET_GEN`, which the waiter holds between
+/// its check and its sleep). Lock order: `SET_GEN` → an event's own lock.
+static SET_GEN: Mutex<u64> = Mutex::new(0);
+static SET_CV: Condvar = Condvar::new();
+
 /// A manual-reset event object (WSAEVENT): set stays set until `reset`.
 #[derive(Debug, Default)]
 pub struct WsaEvent {
@@ -78,6 +85,8 @@ impl WsaEvent {
     pub fn set(&self) {
         *lock(&self.set) = true;
         self.cv.notify_all();
+        *lock(&SET_GEN) += 1;
+        SET_CV.notify_all();
     }
 
     /// WSAResetEvent.
@@ -110,6 +119,40 @@ impl WsaEvent {
             }
         }
         true
+    }
+
+    /// WSAWaitForMultipleEvents: wait until any event of `events` is set (`all`: every one at
+    /// once), or `timeout` passes (None: forever). `Some(i)`: the lowest index set (any), or 0
+    /// (all); `None`: timed out. Resets nothing (manual-reset events).
+    pub fn wait_multiple(
+        events: &[Arc<WsaEvent>],
+        all: bool,
+        timeout: Option<Duration>,
+    ) -> Option<usize> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let mut g = lock(&SET_GEN);
+        loop {
+            if all {
+                if events.iter().all(|e| e.is_set()) {
+                    return Some(0);
+                }
+            } else if let Some(i) = events.iter().position(|e| e.is_set()) {
+                return Some(i);
+            }
+            match deadline {
+                None => g = SET_CV.wait(g).unwrap_or_else(PoisonError::into_inner),
+                Some(d) => {
+                    let now = Instant::now();
+                    if now >= d {
+                        return None;
+                    }
+                    g = SET_CV
+                        .wait_timeout(g, d - now)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0;
+                }
+            }
+        }
     }
 }
 
@@ -800,5 +843,49 @@ impl Provider {
     /// another thread.
     pub fn wsp_cancel_blocking_call(&self) -> WspResult<()> {
         Err(WsaError::WSAEINVAL)
+    }
+}
+
+#[cfg(test)]
+mod wait_multiple_tests {
+    use super::*;
+
+    #[test]
+    fn any_all_and_timeout() {
+        let evs: Vec<_> = (0..3).map(|_| WsaEvent::new()).collect();
+        let short = Some(Duration::from_millis(20));
+        assert_eq!(WsaEvent::wait_multiple(&evs, false, short), None);
+        evs[2].set();
+        assert_eq!(WsaEvent::wait_multiple(&evs, false, short), Some(2));
+        evs[1].set();
+        assert_eq!(
+            WsaEvent::wait_multiple(&evs, false, short),
+            Some(1),
+            "lowest index"
+        );
+        assert_eq!(WsaEvent::wait_multiple(&evs, true, short), None);
+        // Woken (not polled) by sets from other threads, forever-wait included.
+        let e0 = evs[0].clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            e0.set();
+        });
+        assert_eq!(WsaEvent::wait_multiple(&evs, true, None), Some(0));
+        t.join().unwrap();
+        for e in &evs {
+            e.reset();
+        }
+        let e1 = evs[1].clone();
+        let t = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(30));
+            e1.set();
+        });
+        let start = Instant::now();
+        assert_eq!(
+            WsaEvent::wait_multiple(&evs, false, Some(Duration::from_secs(10))),
+            Some(1)
+        );
+        assert!(start.elapsed() < Duration::from_secs(5));
+        t.join().unwrap();
     }
 }

@@ -39,6 +39,12 @@ use crate::socket::{WsaError, WspResult};
 /// A completion routine (LPWSAOVERLAPPED_COMPLETION_ROUTINE).
 pub type CompletionRoutine = Box<dyn FnOnce(Completion) + Send + 'static>;
 
+/// A completion hook (crate-internal, for the C ABI): runs inline on the completing thread —
+/// before the issuing call returns when the operation completes at once — possibly with the
+/// socket's state lock held, so it must not call into the provider. It may return a job for the
+/// completion thread.
+pub(crate) type CompletionHook = Box<dyn FnOnce(Completion) -> Option<Job> + Send + 'static>;
+
 /// One finished overlapped operation, as a routine or a queue consumer sees it.
 #[derive(Debug)]
 pub struct Completion {
@@ -63,6 +69,7 @@ enum Notify {
     Event(Arc<WsaEvent>),
     Routine(Mutex<Option<CompletionRoutine>>),
     Queue(Arc<CompletionQueue>, u64),
+    Hook(Mutex<Option<CompletionHook>>),
 }
 
 #[derive(Default)]
@@ -136,6 +143,11 @@ impl Overlapped {
         Self::make(Notify::Queue(queue, key))
     }
 
+    /// Run `hook` inline on completion (see [`CompletionHook`]; once, as a routine).
+    pub(crate) fn with_hook(hook: impl FnOnce(Completion) -> Option<Job> + Send + 'static) -> Self {
+        Self::make(Notify::Hook(Mutex::new(Some(Box::new(hook)))))
+    }
+
     /// Same descriptor.
     pub fn ptr_eq(&self, other: &Overlapped) -> bool {
         Arc::ptr_eq(&self.0, &other.0)
@@ -163,9 +175,12 @@ impl Overlapped {
         if st.pending {
             return Err(WsaError::WSAEINVAL);
         }
-        if let Notify::Routine(r) = &self.0.notify
-            && lock(r).is_none()
-        {
+        let spent = match &self.0.notify {
+            Notify::Routine(r) => lock(r).is_none(),
+            Notify::Hook(h) => lock(h).is_none(),
+            _ => false,
+        };
+        if spent {
             return Err(WsaError::WSAEINVAL);
         }
         *st = OvState {
@@ -213,7 +228,9 @@ impl Overlapped {
             st.from = from;
             match &self.0.notify {
                 Notify::None | Notify::Event(_) => st.buffers = buffers,
-                Notify::Routine(_) | Notify::Queue(..) => completion.buffers = buffers,
+                Notify::Routine(_) | Notify::Queue(..) | Notify::Hook(_) => {
+                    completion.buffers = buffers
+                }
             }
             st.pending = false;
             self.0.done.notify_all();
@@ -229,6 +246,12 @@ impl Overlapped {
             Notify::Queue(q, key) => {
                 completion.key = *key;
                 q.post(completion);
+            }
+            Notify::Hook(h) => {
+                let hook = lock(h).take();
+                if let Some(f) = hook {
+                    job = f(completion);
+                }
             }
         }
         job
@@ -384,4 +407,28 @@ pub(crate) fn scatter(data: &[u8], bufs: &mut [Vec<u8>]) -> usize {
         off += n;
     }
     off
+}
+
+#[cfg(test)]
+mod hook_tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn hook_runs_inline_once_with_the_buffers_and_returns_its_job() {
+        let seen = Arc::new(AtomicUsize::new(0));
+        let s2 = seen.clone();
+        let ov = Overlapped::with_hook(move |c| {
+            assert_eq!((c.bytes, c.error, c.buffers.len()), (3, None, 1));
+            s2.store(c.buffers[0].len(), Ordering::SeqCst);
+            Some(Box::new(|| {}) as Job)
+        });
+        ov.begin().unwrap();
+        let job = ov.complete(OpResult::ok(3, vec![vec![7; 5]]));
+        assert_eq!(seen.load(Ordering::SeqCst), 5, "ran inline");
+        assert!(job.is_some());
+        assert_eq!(ov.result(false), Ok((3, 0)));
+        // Spent: a second operation on the descriptor is refused.
+        assert_eq!(ov.begin(), Err(WsaError::WSAEINVAL));
+    }
 }

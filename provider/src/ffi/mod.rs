@@ -16,18 +16,36 @@
 //! * Addresses are Windows `sockaddr_in` / `sockaddr_in6` with AF_INET = 2, AF_INET6 = 23 (Linux's
 //!   10 is accepted on input), ports and IPv4 addresses in network byte order.
 //!
+//! # Asynchronous I/O ([`overlapped`], [`events`])
+//! * Overlapped WSPSend/WSPSendTo/WSPRecv/WSPRecvFrom (`lpOverlapped != NULL`): 0 when done at
+//!   once (still reported, as Windows), else SOCKET_ERROR with WSA_IO_PENDING; reported through
+//!   `lpCompletionRoutine` (run on the provider's `provider-completion` thread — not an APC of
+//!   the issuing thread: the deviation from Windows), else the `hEvent` event object, else the
+//!   completion queue the socket handle is associated with, else only WSPGetOverlappedResult.
+//!   `WSAOVERLAPPED.Internal` holds WSA_IO_PENDING / 0 / the error code, `InternalHigh` the
+//!   bytes. Sends copy their data at issue; receive buffers (and `lpFrom`) must stay valid until
+//!   completion, and are filled before anything is reported. Close aborts pending operations
+//!   with WSA_OPERATION_ABORTED through each mechanism, writing nothing into receive buffers.
+//! * Event objects (`provider_create_event`, …, `provider_wait_for_multiple_events`) and
+//!   completion queues (`provider_create_completion_queue`, `provider_associate_completion_queue`,
+//!   `provider_get_queued_completion`) are opaque handles checked against a registry.
+//! * WSPEventSelect / WSPEnumNetworkEvents (FD_READ, FD_WRITE, FD_ACCEPT, FD_CONNECT, FD_CLOSE),
+//!   WSPCancelBlockingCall.
+//!
 //! # Not yet (documented per call)
-//! * Overlapped I/O: `lpOverlapped != NULL` on WSPSend/WSPSendTo/WSPRecv/WSPRecvFrom/WSPIoctl
-//!   gives WSAEOPNOTSUPP until the overlapped engine lands (issue 5 item 1). As in Winsock,
-//!   `lpCompletionRoutine` is ignored when `lpOverlapped` is NULL. `lpThreadId` is accepted and
-//!   ignored (it only matters for completion routines).
+//! * Overlapped WSPIoctl (`lpOverlapped != NULL` → WSAEOPNOTSUPP). `lpThreadId` is accepted and
+//!   ignored (routines run on the provider's completion thread). Pending operations of sockets
+//!   still open at `provider_stop` are marked WSA_OPERATION_ABORTED in their `WSAOVERLAPPED`
+//!   but reported through no mechanism: close sockets first.
 //! * `WSPDuplicateSocket` proper (a `WSAPROTOCOL_INFOW` for another process) is not offered:
 //!   `WSPDuplicateSocketLite` gives a second handle in this process.
 //! * Conditional accept (`lpfnCondition`), socket groups, QOS and connect data.
 //!
-//! All `unsafe` of the ABI lives in this module.
+//! All `unsafe` of the ABI lives in this module and its submodules.
 #![allow(non_snake_case, non_camel_case_types, clippy::too_many_arguments)]
 
+pub mod events;
+pub mod overlapped;
 pub mod types;
 
 use std::ffi::{CStr, c_char, c_void};
@@ -35,6 +53,13 @@ use std::net::SocketAddr;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 
+pub use events::{
+    WSPCancelBlockingCall, WSPEnumNetworkEvents, WSPEventSelect,
+    provider_associate_completion_queue, provider_close_completion_queue, provider_close_event,
+    provider_create_completion_queue, provider_create_event, provider_get_queued_completion,
+    provider_reset_event, provider_set_event, provider_wait_for_multiple_events,
+};
+pub use overlapped::WSPGetOverlappedResult;
 pub use types::*;
 
 use crate::api::Provider;
@@ -59,6 +84,8 @@ fn provider() -> Result<Arc<Provider>, i32> {
 #[cfg(test)]
 pub(crate) fn install(p: Option<Arc<Provider>>) {
     *PROVIDER.write().unwrap_or_else(PoisonError::into_inner) = p;
+    overlapped::forget_all();
+    events::forget_all_sockets();
 }
 
 fn code(e: WsaError) -> i32 {
@@ -94,7 +121,7 @@ unsafe fn int_call(lp_errno: *mut i32, f: impl FnOnce() -> Result<(), i32>) -> i
     unsafe { ffi_call(lp_errno, SOCKET_ERROR, || f().map(|()| 0)) }
 }
 
-/// Non-NULL overlapped descriptors are not supported yet (issue 5 item 1 adds them): WSAEOPNOTSUPP.
+/// WSPIoctl has no overlapped form here: a non-NULL `lpOverlapped` gives WSAEOPNOTSUPP.
 fn reject_overlapped(ov: LPWSAOVERLAPPED) -> Result<(), i32> {
     if ov.is_null() {
         Ok(())
@@ -281,6 +308,8 @@ pub extern "C" fn provider_stop() -> i32 {
     catch_unwind(|| {
         let mut engine = ENGINE.lock().unwrap_or_else(PoisonError::into_inner);
         *PROVIDER.write().unwrap_or_else(PoisonError::into_inner) = None;
+        overlapped::forget_all();
+        events::forget_all_sockets();
         match engine.take() {
             Some(e) => {
                 e.stop();
@@ -429,12 +458,20 @@ pub unsafe extern "C" fn WSPConnect(
 
 /// WSPSend on a connected stream socket: the buffers are sent in order as one write.
 /// `*lpNumberOfBytesSent` gets the count. `dwFlags`: 0 or MSG_DONTROUTE (ignored); anything else
-/// → WSAEOPNOTSUPP. `lpOverlapped != NULL` → WSAEOPNOTSUPP until overlapped I/O lands
-/// (`lpCompletionRoutine`, `lpThreadId` ignored).
+/// → WSAEOPNOTSUPP.
+///
+/// Overlapped (`lpOverlapped != NULL`): the data is copied at once; returns 0 if every byte is
+/// in the send buffer at once (`*lpNumberOfBytesSent` set if not NULL; the completion is still
+/// reported), else SOCKET_ERROR with WSA_IO_PENDING and the completion is reported through
+/// `lpCompletionRoutine` (on the provider's completion thread), else `lpOverlapped->hEvent`,
+/// else the socket's completion queue, else only WSPGetOverlappedResult. WSAEINVAL: the
+/// `WSAOVERLAPPED` has an operation pending; WSA_INVALID_HANDLE: a bad `hEvent`. `lpThreadId`
+/// is ignored.
 ///
 /// # Safety
 /// `lpBuffers` is NULL or points to `dwBufferCount` `WSABUF`s whose `buf` point to `len`
-/// readable bytes; `lpNumberOfBytesSent` NULL or writable; `lpErrno` as for every call.
+/// readable bytes; `lpNumberOfBytesSent` NULL or writable; `lpOverlapped` NULL or a
+/// `WSAOVERLAPPED` valid until the operation completes; `lpErrno` as for every call.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn WSPSend(
     s: SOCKET,
@@ -447,16 +484,28 @@ pub unsafe extern "C" fn WSPSend(
     lpThreadId: LPWSATHREADID,
     lpErrno: LPINT,
 ) -> i32 {
-    let _ = (lpCompletionRoutine, lpThreadId);
+    let _ = lpThreadId;
     // SAFETY: pointers per the contract above.
     unsafe {
         int_call(lpErrno, || {
-            reject_overlapped(lpOverlapped)?;
-            if lpNumberOfBytesSent.is_null() {
-                return Err(WSAEFAULT);
-            }
             if dwFlags & !MSG_DONTROUTE != 0 {
                 return Err(WSAEOPNOTSUPP);
+            }
+            if !lpOverlapped.is_null() {
+                let p = provider()?;
+                return overlapped::send(
+                    &p,
+                    s,
+                    lpBuffers,
+                    dwBufferCount,
+                    lpNumberOfBytesSent,
+                    None,
+                    lpOverlapped,
+                    lpCompletionRoutine,
+                );
+            }
+            if lpNumberOfBytesSent.is_null() {
+                return Err(WSAEFAULT);
             }
             let p = provider()?;
             let n = gather(lpBuffers, dwBufferCount, |b| {
@@ -469,7 +518,7 @@ pub unsafe extern "C" fn WSPSend(
 
 /// WSPSendTo: a datagram gathered from the buffers, to `lpTo` (a `sockaddr_in`/`sockaddr_in6`,
 /// `iTolen` too short → WSAEFAULT). On a stream socket `lpTo` is ignored (WSPSend).
-/// Flags and overlapped parameters as for WSPSend.
+/// Flags and overlapped parameters as for WSPSend (a datagram send completes at once).
 ///
 /// # Safety
 /// As WSPSend; `lpTo` is NULL or points to `iTolen` readable bytes.
@@ -487,16 +536,28 @@ pub unsafe extern "C" fn WSPSendTo(
     lpThreadId: LPWSATHREADID,
     lpErrno: LPINT,
 ) -> i32 {
-    let _ = (lpCompletionRoutine, lpThreadId);
+    let _ = lpThreadId;
     // SAFETY: pointers per the contract above.
     unsafe {
         int_call(lpErrno, || {
-            reject_overlapped(lpOverlapped)?;
-            if lpNumberOfBytesSent.is_null() {
-                return Err(WSAEFAULT);
-            }
             if dwFlags & !MSG_DONTROUTE != 0 {
                 return Err(WSAEOPNOTSUPP);
+            }
+            if !lpOverlapped.is_null() {
+                let p = provider()?;
+                return overlapped::send(
+                    &p,
+                    s,
+                    lpBuffers,
+                    dwBufferCount,
+                    lpNumberOfBytesSent,
+                    Some((lpTo, iTolen)),
+                    lpOverlapped,
+                    lpCompletionRoutine,
+                );
+            }
+            if lpNumberOfBytesSent.is_null() {
+                return Err(WSAEFAULT);
             }
             let p = provider()?;
             let s = Socket::from_raw(s);
@@ -564,13 +625,21 @@ unsafe fn recv_common(
 /// WSPRecv. Stream: `*lpNumberOfBytesRecvd = 0` with success is the peer's graceful close.
 /// Datagram: one datagram scattered over the buffers; larger than them → buffers filled, count
 /// set, SOCKET_ERROR with WSAEMSGSIZE. `*lpFlags` must be 0 on input (MSG_PEEK/MSG_OOB/
-/// MSG_WAITALL/MSG_PARTIAL → WSAEOPNOTSUPP) and is 0 on output. `lpOverlapped != NULL` →
-/// WSAEOPNOTSUPP until overlapped I/O lands (`lpCompletionRoutine`, `lpThreadId` ignored).
+/// MSG_WAITALL/MSG_PARTIAL → WSAEOPNOTSUPP) and is 0 on output.
+///
+/// Overlapped (`lpOverlapped != NULL`): returns 0 if data (or the EOF) is there at once
+/// (buffers filled, `*lpNumberOfBytesRecvd` set if not NULL, `*lpFlags` 0; the completion is
+/// still reported), else SOCKET_ERROR with WSA_IO_PENDING. **The buffers must stay valid until
+/// completion** (as Windows): the received bytes are copied into them before the completion is
+/// reported (routine, `hEvent`, completion queue, WSPGetOverlappedResult — see WSPSend); an
+/// operation aborted by WSPCloseSocket (WSA_OPERATION_ABORTED) writes nothing into them.
+/// `lpThreadId` is ignored.
 ///
 /// # Safety
 /// `lpBuffers` is NULL or points to `dwBufferCount` `WSABUF`s whose `buf` point to `len`
-/// writable bytes; `lpNumberOfBytesRecvd`, `lpFlags` NULL or readable and writable; `lpErrno`
-/// as for every call.
+/// writable bytes (until completion when overlapped); `lpNumberOfBytesRecvd`, `lpFlags` NULL
+/// or readable and writable; `lpOverlapped` NULL or a `WSAOVERLAPPED` valid until the operation
+/// completes; `lpErrno` as for every call.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn WSPRecv(
     s: SOCKET,
@@ -583,12 +652,24 @@ pub unsafe extern "C" fn WSPRecv(
     lpThreadId: LPWSATHREADID,
     lpErrno: LPINT,
 ) -> i32 {
-    let _ = (lpCompletionRoutine, lpThreadId);
+    let _ = lpThreadId;
     // SAFETY: pointers per the contract above.
     unsafe {
         int_call(lpErrno, || {
-            reject_overlapped(lpOverlapped)?;
             let p = provider()?;
+            if !lpOverlapped.is_null() {
+                return overlapped::recv(
+                    &p,
+                    s,
+                    lpBuffers,
+                    dwBufferCount,
+                    lpNumberOfBytesRecvd,
+                    lpFlags,
+                    None,
+                    lpOverlapped,
+                    lpCompletionRoutine,
+                );
+            }
             recv_common(
                 &p,
                 Socket::from_raw(s),
@@ -607,10 +688,12 @@ pub unsafe extern "C" fn WSPRecv(
 /// then `lpFromlen` must be non-NULL with `*lpFromlen` at least the socket family's
 /// `sockaddr_in`/`sockaddr_in6` size, checked before receiving → WSAEFAULT) and its size to
 /// `*lpFromlen`. For a stream socket `lpFrom`/`lpFromlen` are ignored (Winsock).
+/// Overlapped as WSPRecv; the sender of a datagram received later is written to `lpFrom` /
+/// `*lpFromlen` at completion, so they too must stay valid until then.
 ///
 /// # Safety
 /// As WSPRecv; `lpFrom` is NULL or points to `*lpFromlen` writable bytes, `lpFromlen` NULL or
-/// a readable and writable `int`.
+/// a readable and writable `int` (until completion when overlapped).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn WSPRecvFrom(
     s: SOCKET,
@@ -625,12 +708,24 @@ pub unsafe extern "C" fn WSPRecvFrom(
     lpThreadId: LPWSATHREADID,
     lpErrno: LPINT,
 ) -> i32 {
-    let _ = (lpCompletionRoutine, lpThreadId);
+    let _ = lpThreadId;
     // SAFETY: pointers per the contract above.
     unsafe {
         int_call(lpErrno, || {
-            reject_overlapped(lpOverlapped)?;
             let p = provider()?;
+            if !lpOverlapped.is_null() {
+                return overlapped::recv(
+                    &p,
+                    s,
+                    lpBuffers,
+                    dwBufferCount,
+                    lpNumberOfBytesRecvd,
+                    lpFlags,
+                    Some((lpFrom, lpFromlen)),
+                    lpOverlapped,
+                    lpCompletionRoutine,
+                );
+            }
             let s = Socket::from_raw(s);
             let from = recv_common(
                 &p,
@@ -678,6 +773,9 @@ pub unsafe extern "C" fn WSPShutdown(s: SOCKET, how: i32, lpErrno: LPINT) -> i32
 }
 
 /// WSPCloseSocket, with the linger semantics of DESIGN §7 (SO_LINGER {1, 0}: reset at once).
+/// When the last handle of the socket closes, its pending overlapped operations complete with
+/// WSA_OPERATION_ABORTED through their mechanisms (possibly before this call returns); the
+/// handle's completion queue association ends.
 ///
 /// # Safety
 /// `lpErrno` is NULL or points to a writable `int`.
@@ -688,7 +786,9 @@ pub unsafe extern "C" fn WSPCloseSocket(s: SOCKET, lpErrno: LPINT) -> i32 {
         int_call(lpErrno, || {
             provider()?
                 .wsp_close_socket(Socket::from_raw(s))
-                .map_err(code)
+                .map_err(code)?;
+            events::forget_socket(s);
+            Ok(())
         })
     }
 }
@@ -762,7 +862,7 @@ pub unsafe extern "C" fn WSPGetSockOpt(
 /// WSPIoctl, synchronous: FIONBIO (`lpvInBuffer` a 4-byte `u_long`, nonzero → nonblocking) and
 /// FIONREAD (`lpvOutBuffer` gets a 4-byte `u_long`, the readable bytes; `*lpcbBytesReturned`
 /// = 4). Short or NULL buffers, or a NULL `lpcbBytesReturned` → WSAEFAULT; other codes →
-/// WSAEINVAL. `lpOverlapped != NULL` → WSAEOPNOTSUPP until overlapped I/O lands.
+/// WSAEINVAL. `lpOverlapped != NULL` → WSAEOPNOTSUPP (no overlapped ioctl).
 ///
 /// # Safety
 /// `lpvInBuffer` NULL or `cbInBuffer` readable bytes; `lpvOutBuffer` NULL or `cbOutBuffer`

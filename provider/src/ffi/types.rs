@@ -20,8 +20,19 @@ pub type ULONG = u32;
 pub type u_short = u16;
 /// Windows `ULONG_PTR` / `DWORD_PTR` (pointer-sized).
 pub type DWORD_PTR = usize;
-/// Windows `HANDLE`.
+/// Windows `HANDLE`: here an opaque handle of an event object or a completion queue made by
+/// `provider_create_event` / `provider_create_completion_queue` (never a pointer to memory).
 pub type HANDLE = *mut c_void;
+/// `WSAEVENT`: an event object handle.
+pub type WSAEVENT = HANDLE;
+/// `HANDLE *`.
+pub type LPHANDLE = *mut HANDLE;
+/// Windows `BOOL`: nonzero is TRUE (1), 0 is FALSE.
+pub type BOOL = i32;
+/// Windows `LONG` / `long` (32 bits on Windows, so `int32_t` here, not the LP64 C `long`).
+pub type LONG = i32;
+/// Windows `ULONG_PTR` (pointer-sized): completion keys.
+pub type ULONG_PTR = usize;
 /// Windows `GROUP` (socket groups are not supported: pass 0).
 pub type GROUP = u32;
 /// `LPWSAPROTOCOL_INFOW`: opaque here; the provider has one protocol per (af, type), so the
@@ -96,9 +107,84 @@ pub const WSANOTINITIALISED: i32 = 10093;
 pub const WSAEFAULT: i32 = 10014;
 /// `WSAEINVAL`.
 pub const WSAEINVAL: i32 = 10022;
-/// `WSAEOPNOTSUPP`: also what overlapped calls (non-NULL `lpOverlapped`) give until the
-/// overlapped engine lands.
+/// `WSAEOPNOTSUPP`: also what WSPIoctl gives with a non-NULL `lpOverlapped`.
 pub const WSAEOPNOTSUPP: i32 = 10045;
+/// `WSAEINTR`: a blocking call interrupted by a close in another thread.
+pub const WSAEINTR: i32 = 10004;
+/// `WSAEWOULDBLOCK`.
+pub const WSAEWOULDBLOCK: i32 = 10035;
+/// `WSAENOTSOCK`: not a (live) socket handle.
+pub const WSAENOTSOCK: i32 = 10038;
+/// `WSAENOTCONN`.
+pub const WSAENOTCONN: i32 = 10057;
+/// `WSAECONNABORTED`.
+pub const WSAECONNABORTED: i32 = 10053;
+/// `WSAECONNRESET`.
+pub const WSAECONNRESET: i32 = 10054;
+
+/// `WSA_INVALID_HANDLE`: a NULL, garbage or closed event / completion queue handle.
+pub const WSA_INVALID_HANDLE: i32 = 6;
+/// `WSA_OPERATION_ABORTED`: a pending overlapped operation ended by the close of its socket.
+pub const WSA_OPERATION_ABORTED: i32 = 995;
+/// `WSA_IO_INCOMPLETE`: `WSPGetOverlappedResult` with `fWait` FALSE on a pending operation.
+pub const WSA_IO_INCOMPLETE: i32 = 996;
+/// `WSA_IO_PENDING`: an overlapped operation was started and completes later; also the value
+/// of `WSAOVERLAPPED.Internal` while it is pending.
+pub const WSA_IO_PENDING: i32 = 997;
+
+/// `WSA_WAIT_EVENT_0`: `provider_wait_for_multiple_events` returns this + the index.
+pub const WSA_WAIT_EVENT_0: DWORD = 0;
+/// `WSA_WAIT_IO_COMPLETION` (never returned: completion routines run on the provider's
+/// completion thread, not in alertable waits).
+pub const WSA_WAIT_IO_COMPLETION: DWORD = 0xC0;
+/// `WSA_WAIT_TIMEOUT` (WAIT_TIMEOUT, 258): also the `*lpErrno` of a timed-out
+/// `provider_get_queued_completion`.
+pub const WSA_WAIT_TIMEOUT: DWORD = 258;
+/// `WSA_WAIT_FAILED`.
+pub const WSA_WAIT_FAILED: DWORD = 0xFFFF_FFFF;
+/// `WSA_INFINITE`: wait without a timeout.
+pub const WSA_INFINITE: DWORD = 0xFFFF_FFFF;
+/// `WSA_MAXIMUM_WAIT_EVENTS`: most handles one wait takes.
+pub const WSA_MAXIMUM_WAIT_EVENTS: DWORD = 64;
+
+/// `FD_READ`: data (a datagram) to read; re-enabled by any receive.
+pub const FD_READ: LONG = 1 << FD_READ_BIT;
+/// `FD_WRITE`: send space after connect/accept, or after a send that gave WSAEWOULDBLOCK.
+pub const FD_WRITE: LONG = 1 << FD_WRITE_BIT;
+/// `FD_OOB` (accepted, never recorded: no urgent data).
+pub const FD_OOB: LONG = 1 << FD_OOB_BIT;
+/// `FD_ACCEPT`: a connection to accept; re-enabled by WSPAccept.
+pub const FD_ACCEPT: LONG = 1 << FD_ACCEPT_BIT;
+/// `FD_CONNECT`: the connect attempt ended (error 0, WSAECONNREFUSED, WSAETIMEDOUT).
+pub const FD_CONNECT: LONG = 1 << FD_CONNECT_BIT;
+/// `FD_CLOSE`: the connection closed (error 0: peer's FIN, WSAECONNRESET, WSAECONNABORTED).
+pub const FD_CLOSE: LONG = 1 << FD_CLOSE_BIT;
+/// Index of FD_READ's code in `WSANETWORKEVENTS.iErrorCode`.
+pub const FD_READ_BIT: LONG = 0;
+/// Index of FD_WRITE's code.
+pub const FD_WRITE_BIT: LONG = 1;
+/// Index of FD_OOB's code.
+pub const FD_OOB_BIT: LONG = 2;
+/// Index of FD_ACCEPT's code.
+pub const FD_ACCEPT_BIT: LONG = 3;
+/// Index of FD_CONNECT's code.
+pub const FD_CONNECT_BIT: LONG = 4;
+/// Index of FD_CLOSE's code.
+pub const FD_CLOSE_BIT: LONG = 5;
+/// Length of `WSANETWORKEVENTS.iErrorCode`.
+pub const FD_MAX_EVENTS: usize = 10;
+
+/// `WSANETWORKEVENTS`: what `WSPEnumNetworkEvents` reports.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WSANETWORKEVENTS {
+    /// The FD_* events recorded since the last call.
+    pub lNetworkEvents: LONG,
+    /// Per event, its error code (0: none), indexed by FD_*_BIT.
+    pub iErrorCode: [i32; FD_MAX_EVENTS],
+}
+/// `WSANETWORKEVENTS *`.
+pub type LPWSANETWORKEVENTS = *mut WSANETWORKEVENTS;
 /// `WSAEAFNOSUPPORT`.
 pub const WSAEAFNOSUPPORT: i32 = 10047;
 /// `WSAEALREADY`: `provider_start` while running.
@@ -121,16 +207,23 @@ pub struct WSABUF {
 /// `WSABUF *`.
 pub type LPWSABUF = *mut WSABUF;
 
-/// `WSAOVERLAPPED`, laid out as on Windows. Not used yet: the calls that take one reject a
-/// non-NULL pointer with WSAEOPNOTSUPP until overlapped I/O lands (issue 5 item 1).
+/// `WSAOVERLAPPED`, laid out as on Windows: one overlapped operation at a time. It must stay
+/// valid (not freed, not moved) until the operation has completed.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
 pub struct WSAOVERLAPPED {
+    /// Status, written by the provider: WSA_IO_PENDING while pending, then 0 (success) or the
+    /// operation's error code (WSA_OPERATION_ABORTED after close, WSAECONNRESET, WSAEMSGSIZE, …).
     pub Internal: DWORD_PTR,
+    /// Bytes transferred, written by the provider at completion.
     pub InternalHigh: DWORD_PTR,
+    /// Written by the provider at completion: the operation's MSG_* out flags (always 0).
     pub Offset: DWORD,
+    /// Not used by the provider.
     pub OffsetHigh: DWORD,
-    /// Event signalled on completion.
+    /// Event object (`provider_create_event`) set on completion, or NULL. Not read when a
+    /// completion routine is given (free for the application then, as Windows). As Windows, a
+    /// handle with its low bit set names the event with that bit cleared.
     pub hEvent: HANDLE,
 }
 /// `WSAOVERLAPPED *`.
@@ -138,6 +231,9 @@ pub type LPWSAOVERLAPPED = *mut WSAOVERLAPPED;
 
 /// `LPWSAOVERLAPPED_COMPLETION_ROUTINE`: `void (*)(DWORD dwError, DWORD cbTransferred,
 /// LPWSAOVERLAPPED lpOverlapped, DWORD dwFlags)`. Ignored when `lpOverlapped` is NULL (Winsock).
+/// Runs on the provider's completion thread (`provider-completion`), one routine at a time in
+/// completion order — not as an APC in the issuing thread's alertable wait (the deviation from
+/// Windows). It may issue new overlapped operations; it must not block for long.
 pub type LPWSAOVERLAPPED_COMPLETION_ROUTINE =
     Option<unsafe extern "C" fn(DWORD, DWORD, LPWSAOVERLAPPED, DWORD)>;
 
