@@ -941,7 +941,11 @@ impl Provider {
     /// with short timeouts as the acknowledgement clock; never spins.
     fn linger_wait(&self, e: &SocketEntry, id: ConnId, limit: Duration) -> ClosePath {
         let deadline = Instant::now() + limit;
-        let _ = self.with_tcp(|inner, now| inner.engine.shutdown_write(now, id));
+        let _ = self.with_tcp(|inner, now| {
+            // The final ACK raises an event that wakes this wait: no polling for it.
+            inner.engine.notify_when_drained(id);
+            inner.engine.shutdown_write(now, id)
+        });
         loop {
             let seen = e.signal.generation();
             let (unacked, state) = {
@@ -956,7 +960,7 @@ impl Provider {
                 self.with_tcp(|inner, now| inner.engine.abort(now, id));
                 return ClosePath::LingerTimeoutReset;
             }
-            e.signal.wait(seen, Some((deadline - now).min(LINGER_POLL)));
+            e.signal.wait(seen, Some(deadline - now));
         }
     }
 
@@ -1041,9 +1045,6 @@ impl Provider {
         self.tcp_lock().engine.orphan_timeouts()
     }
 }
-
-/// How often a blocking linger close re-checks the acknowledgements while it sleeps.
-const LINGER_POLL: Duration = Duration::from_millis(2);
 
 /// How a stream socket's close went (DESIGN §7 observability; counted in `ProviderStats`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

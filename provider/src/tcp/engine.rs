@@ -645,6 +645,17 @@ impl TcpEngine {
         self.conn(id).map_or(0, |c| c.unacked_bytes())
     }
 
+    /// Raise one `Event::Writable(id)` when every sent byte and the FIN are acknowledged
+    /// (`unacked_bytes` reaches 0): what a lingering close waits for.
+    pub fn notify_when_drained(&mut self, id: ConnId) {
+        if let Some(slot) = self.slots.get_mut(id.index as usize)
+            && slot.generation == id.generation
+            && let Some(c) = slot.conn.as_deref_mut()
+        {
+            c.want_drained();
+        }
+    }
+
     /// Sender counters and congestion state (a small TCP_INFO).
     pub fn stats(&self, id: ConnId) -> Option<ConnStats> {
         self.conn(id).map(|c| c.stats())

@@ -989,4 +989,7 @@ impl Conn {
     pub(crate) fn unacked_bytes(&self) -> usize {
         self.snd.unacked()
     }
+    pub(crate) fn want_drained(&mut self) {
+        self.snd.want_drained();
+    }
 }

@@ -194,6 +194,8 @@ pub(crate) struct Sender {
     pub(crate) force_send: bool,
     last_send: Instant,
     writable_wanted: bool,
+    /// Raise `writable` once every byte and the FIN are acknowledged (a lingering close).
+    drained_wanted: bool,
     pub(crate) syn_sent_at: Instant,
     /// When the retransmission or probe timer last expired: timestamp echoes of segments sent
     /// before it are not RTT samples.
@@ -259,6 +261,7 @@ impl Sender {
             force_send: false,
             last_send: now,
             writable_wanted: false,
+            drained_wanted: false,
             syn_sent_at: now,
             rto_at: None,
             batch_flight: (now, 0),
@@ -319,6 +322,11 @@ impl Sender {
 
     pub(crate) fn space(&self) -> usize {
         self.cap.saturating_sub(self.buf.len())
+    }
+
+    /// Ask for one `writable` event when nothing is left unacknowledged.
+    pub(crate) fn want_drained(&mut self) {
+        self.drained_wanted = true;
     }
 
     pub(crate) fn unacked(&self) -> usize {
@@ -679,6 +687,10 @@ impl Sender {
             r.advanced = true;
             if self.writable_wanted && data_acked > 0 {
                 self.writable_wanted = false;
+                r.writable = true;
+            }
+            if self.drained_wanted && self.unacked() == 0 {
+                self.drained_wanted = false;
                 r.writable = true;
             }
         } else if ack == self.una {

@@ -448,6 +448,26 @@ fn active_close_fin_then_time_wait_expiry_and_fin_reack() {
     assert_eq!(h.engine.state(c), None);
 }
 
+/// A lingering close asks for one event when data and FIN are all acknowledged: a partial ACK
+/// raises nothing, the ACK of the FIN raises `Writable`, once.
+#[test]
+fn drained_notification_fires_once_when_data_and_fin_are_acked() {
+    let (mut h, _l, c) = Harness::passive(cfg(), PeerOpts::full());
+    h.engine.send(h.now, c, &[7u8; 1000]).unwrap();
+    h.engine.notify_when_drained(c);
+    h.engine.shutdown_write(h.now, c).unwrap();
+    h.drain();
+    h.expect(0, exp(F_ACK | F_PSH | F_FIN).seq(1).len(1000));
+    h.inject(10, seg(F_ACK).seq(1).ack(501));
+    assert!(!h.has_event(Event::Writable(c)), "500 of 1001 acknowledged");
+    h.inject(20, seg(F_ACK).seq(1).ack(1002));
+    assert_eq!(h.engine.unacked_bytes(c), 0);
+    h.expect_event(Event::Writable(c));
+    // Once: a duplicate ACK later raises nothing more.
+    h.inject(30, seg(F_ACK).seq(1).ack(1002));
+    assert!(!h.has_event(Event::Writable(c)));
+}
+
 #[test]
 fn passive_close_peer_fin_first() {
     let (mut h, _l, c) = Harness::passive(cfg(), PeerOpts::full());
