@@ -229,8 +229,11 @@ fn overlapped_echo_through_a_completion_queue() {
     p.wsp_close_socket(l).unwrap();
 }
 
-/// A provider client with overlapped receives pending (event and routine) on a connection to a
-/// kernel server is closed: both complete with WSA_OPERATION_ABORTED, the kernel sees EOF.
+/// A provider client on a connection to a kernel server has receives pending through every
+/// mechanism — event, completion routine, completion queue, none (a thread blocked in
+/// WSPGetOverlappedResult) — issued from four threads, plus a blocking WSPRecv on a fifth.
+/// Close: each overlapped one completes with WSA_OPERATION_ABORTED through its own mechanism,
+/// the blocking call returns WSAEINTR, nothing is written into the buffers, the kernel sees EOF.
 #[test]
 #[ignore = "needs root and network namespaces"]
 fn close_aborts_overlapped_receives_against_a_kernel_server() {
@@ -253,25 +256,59 @@ fn close_aborts_overlapped_receives_against_a_kernel_server() {
     rx.recv().unwrap();
     let c = tcp(&p);
     p.wsp_connect(c, peer).expect("connect");
+
     let ev = WsaEvent::new();
-    let ov1 = Overlapped::with_event(ev.clone());
+    let by_event = Overlapped::with_event(ev.clone());
     let (rtx, rrx) = mpsc::channel();
-    let ov2 = Overlapped::with_routine(move |k| rtx.send(k.error).unwrap());
-    assert_eq!(
-        p.wsp_recv_overlapped(c, vec![vec![0; 100]], &ov1),
-        Err(WsaError::WSA_IO_PENDING)
-    );
-    assert_eq!(
-        p.wsp_recv_overlapped(c, vec![vec![0; 100]], &ov2),
-        Err(WsaError::WSA_IO_PENDING)
-    );
+    let by_routine = Overlapped::with_routine(move |k| rtx.send((k.error, k.buffers)).unwrap());
+    let queue = CompletionQueue::new();
+    let by_queue = Overlapped::with_queue(queue.clone(), 42);
+    let by_nothing = Overlapped::new();
+    // Each issued from its own thread.
+    thread::scope(|sc| {
+        for ov in [&by_event, &by_routine, &by_queue, &by_nothing] {
+            let p = &p;
+            sc.spawn(move || {
+                assert_eq!(
+                    p.wsp_recv_overlapped(c, vec![vec![0xAA; 100]; 2], ov),
+                    Err(WsaError::WSA_IO_PENDING)
+                );
+            });
+        }
+    });
+    let waiter = thread::spawn({
+        let (p, ov) = (p.clone(), by_nothing.clone());
+        move || p.wsp_get_overlapped_result(c, &ov, true)
+    });
+    let blocking = thread::spawn({
+        let p = p.clone();
+        move || p.wsp_recv(c, &mut [0u8; 64])
+    });
+    thread::sleep(Duration::from_millis(100));
+    assert!(!waiter.is_finished() && !blocking.is_finished());
+
     p.wsp_close_socket(c).unwrap();
-    assert!(ev.wait(Some(T)));
-    assert_eq!(ov1.result(false), Err(WsaError::WSA_OPERATION_ABORTED));
+    let aborted = Err(WsaError::WSA_OPERATION_ABORTED);
+    assert!(ev.wait(Some(T)), "event set");
+    assert_eq!(by_event.result(false), aborted);
+    let (err, bufs) = rrx.recv_timeout(T).expect("routine ran");
+    assert_eq!(err, Some(WsaError::WSA_OPERATION_ABORTED));
+    let q = queue.get_queued_completion(Some(T)).expect("queued");
     assert_eq!(
-        rrx.recv_timeout(T).unwrap(),
-        Some(WsaError::WSA_OPERATION_ABORTED)
+        (q.key, q.error),
+        (42, Some(WsaError::WSA_OPERATION_ABORTED))
     );
+    assert_eq!(waiter.join().unwrap(), aborted);
+    assert_eq!(blocking.join().unwrap(), Err(WsaError::WSAEINTR));
+    // The buffers come back untouched.
+    for returned in [bufs, q.buffers, by_event.take_buffers()] {
+        assert_eq!(
+            returned,
+            vec![vec![0xAA; 100]; 2],
+            "an aborted receive wrote nothing"
+        );
+    }
+    assert!(queue.is_empty(), "one completion per operation");
     assert_eq!(server.join().unwrap().expect("kernel EOF"), 0);
 }
 
