@@ -676,13 +676,15 @@ fn http_example_serves_curl_from_the_kernel_peer() {
 #[test]
 #[ignore = "needs root and network namespaces"]
 fn application_driven_engine_transfers_and_streams() {
+    // Two RX queues: the one driver task serves both.
     let lab = Lab::up(&LabConfig {
-        queues: 1,
+        queues: 2,
         ..LabConfig::default()
     })
     .expect("lab up");
     let engine = provider_tests::start_engine(&lab, |c| c.drive = Drive::Application);
     let s = Setup { engine, lab };
+    assert_eq!(s.engine.stats().queues.len(), 2, "two AF_XDP sockets");
 
     let driver = s.engine.driver().expect("a driver");
     assert!(matches!(s.engine.driver(), Err(EngineError::DriverTaken)));
@@ -696,6 +698,9 @@ fn application_driven_engine_transfers_and_streams() {
         "application-driven current-thread: 2 × 100 streams in {:?}",
         t.elapsed()
     );
+    for q in s.engine.stats().queues {
+        assert!(q.rx_frames > 0, "queue {} received nothing", q.queue);
+    }
     // Dropping the task (with its runtime) drops the driver: another may be taken.
     task.abort();
     drop(rt);
