@@ -126,8 +126,13 @@ impl<K: Copy + Eq + Hash> TimerWheel<K> {
     /// Schedules (or reschedules: one timer per key) `key` to fire at `deadline`. A deadline in
     /// the past fires on the next `expire`.
     pub fn schedule(&mut self, key: K, deadline: Instant) {
-        self.remove(key);
         let tick = self.tick_of(deadline);
+        // Re-arming to the same tick (an RTO pushed back by ACKs within one tick) keeps the
+        // timer where it is: every stored position stays valid as time advances.
+        if self.map.get(&key).is_some_and(|loc| loc.tick == tick) {
+            return;
+        }
+        self.remove(key);
         self.place(key, tick);
     }
 
