@@ -343,6 +343,9 @@ mod tests {
         );
         let j = p.next_line(Duration::from_secs(5)).unwrap().unwrap();
         assert_eq!(last_json(&[j]).unwrap()["a"], 1);
+        // The stderr reader is a thread of its own: on a loaded machine it may not have read
+        // the line yet when stdout's lines are in.
+        p.wait_stderr("oops", Duration::from_secs(5)).unwrap();
         let pid = p.pid();
         let status = p.stop();
         assert!(!status.success());
