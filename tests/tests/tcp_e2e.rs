@@ -104,6 +104,25 @@ fn tcp_socket(p: &Provider, v6: bool) -> Socket {
     .unwrap()
 }
 
+/// TCP_MAXSEG of a kernel socket: the MSS it sends with.
+fn kernel_mss(k: &TcpStream) -> i32 {
+    use std::os::fd::AsRawFd;
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: a live socket fd; `v`/`len` are valid for writes of an int and its length.
+    let rc = unsafe {
+        libc::getsockopt(
+            k.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_MAXSEG,
+            (&mut v as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "getsockopt TCP_MAXSEG");
+    v
+}
+
 /// Kernel client → provider server: `total` bytes each way, hashes compared.
 fn kernel_client_to_provider_server(s: &Setup, v6: bool, port: u16, total: u64) {
     let p = provider(s);
@@ -132,6 +151,13 @@ fn kernel_client_to_provider_server(s: &Setup, v6: bool, port: u16, total: u64) 
     };
     let (sent, got) = in_peer(&s.lab, move || {
         let mut k = TcpStream::connect(SocketAddr::new(ip, port)).expect("kernel connect");
+        // The provider's SYN-ACK advertised the family's MSS (MTU 1500 − 40 / − 60); the
+        // kernel's effective MSS is that minus the 12-byte timestamp option.
+        assert_eq!(
+            kernel_mss(&k),
+            if v6 { 1440 - 12 } else { 1460 - 12 },
+            "MSS the kernel uses toward the provider"
+        );
         let sent = write_pattern(|b| k.write_all(b).unwrap(), total);
         k.shutdown(std::net::Shutdown::Write).unwrap();
         let got = kernel_read_all(&mut k);

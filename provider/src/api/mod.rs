@@ -230,12 +230,11 @@ pub fn udp_steer_key(local: SocketAddr) -> SteerKey {
 impl Provider {
     pub fn new(datapath: Arc<dyn Datapath>, config: ProviderConfig) -> Self {
         let mut tcp_config = config.tcp.clone();
-        // The MSS must fit the link: MTU − IPv6 header − TCP header (one MSS for both
-        // families keeps the engine simple; IPv4 gives up 20 bytes per segment).
-        let link_mss = datapath.max_udp_payload(true) + 8 - 20;
-        tcp_config.mss = tcp_config
-            .mss
-            .min(u16::try_from(link_mss).unwrap_or(u16::MAX));
+        // The MSS must fit the link: MTU − IP header − TCP header, per family.
+        let link_mss =
+            |v6: bool| u16::try_from(datapath.max_udp_payload(v6) + 8 - 20).unwrap_or(u16::MAX);
+        tcp_config.mss = tcp_config.mss.min(link_mss(false));
+        tcp_config.mss_v6 = tcp_config.mss_v6.min(link_mss(true));
         Provider {
             tcp_ports: UdpDemux::new(),
             tcp: stream::TcpHost::new(tcp_config),

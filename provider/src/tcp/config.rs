@@ -1,5 +1,6 @@
 //! Engine and per-connection configuration.
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::cc::CcAlgorithm;
@@ -7,8 +8,11 @@ use super::cc::CcAlgorithm;
 /// Engine-wide TCP parameters. [`Default`] gives the documented defaults.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TcpConfig {
-    /// The MSS we advertise (and the largest segment we send); the caller sets it from the MTU.
+    /// The MSS we advertise on IPv4 connections (and the largest segment we send on them); the
+    /// caller caps it from the MTU (MTU − 40).
     pub mss: u16,
+    /// The same for IPv6 connections (MTU − 60: the IPv6 header is 20 bytes longer).
+    pub mss_v6: u16,
     /// RTO before any RTT sample (RFC 6298 §2.1: 1 s).
     pub initial_rto: Duration,
     /// Lower bound of the RTO.
@@ -58,10 +62,22 @@ pub struct TcpConfig {
     pub orphan_timeout: Duration,
 }
 
+impl TcpConfig {
+    /// The MSS for a connection with `peer` (its family decides).
+    pub fn mss_for(&self, peer: &SocketAddr) -> u16 {
+        if peer.is_ipv6() {
+            self.mss_v6
+        } else {
+            self.mss
+        }
+    }
+}
+
 impl Default for TcpConfig {
     fn default() -> Self {
         Self {
             mss: 1460,
+            mss_v6: 1440,
             initial_rto: Duration::from_secs(1),
             min_rto: Duration::from_millis(200),
             max_rto: Duration::from_secs(60),

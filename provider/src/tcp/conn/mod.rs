@@ -231,7 +231,7 @@ impl Conn {
                 self.our_wscale = 0;
             }
         }
-        let mut mss = u32::from(self.peer_mss.min(cfg.mss));
+        let mut mss = u32::from(self.peer_mss.min(cfg.mss_for(&self.remote)));
         if self.ts_ok {
             mss = mss.saturating_sub(TS_LEN);
         }
@@ -845,7 +845,7 @@ impl Conn {
         let cfg = cx.cfg;
         let synack = self.state == TcpState::SynReceived;
         let mut o = TcpOptions {
-            mss: Some(cfg.mss),
+            mss: Some(cfg.mss_for(&self.remote)),
             ..Default::default()
         };
         // Active SYN: offer what is configured. SYN-ACK: answer what was negotiated.

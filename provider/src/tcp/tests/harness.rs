@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use crate::net::checksum::pseudo_v4;
+use crate::net::checksum::{pseudo_v4, pseudo_v6};
 use crate::net::tcp::{Tcp, TcpFlags};
 use crate::tcp::options::TcpOptions;
 use crate::tcp::segment::{SegmentIn, SegmentOut, write_segment};
@@ -248,14 +248,13 @@ impl Harness {
             guard += 1;
             assert!(guard < 100_000, "transmit loop");
             let bytes = &buf[..t.len];
-            let (IpAddr::V4(s), IpAddr::V4(d)) = (t.local.ip(), t.remote.ip()) else {
-                panic!("v4 only in the harness")
+            let pseudo = match (t.local.ip(), t.remote.ip()) {
+                (IpAddr::V4(s), IpAddr::V4(d)) => pseudo_v4(s, d, 6, t.len as u16),
+                (IpAddr::V6(s), IpAddr::V6(d)) => pseudo_v6(s, d, 6, t.len as u32),
+                _ => panic!("mixed families"),
             };
             let v = Tcp::new_checked(bytes).expect("engine wrote a bad header");
-            assert!(
-                v.verify_checksum(pseudo_v4(s, d, 6, t.len as u16)),
-                "bad checksum"
-            );
+            assert!(v.verify_checksum(pseudo), "bad checksum");
             let p = SegmentIn::parse(bytes).expect("parse");
             if p.syn() && !p.rst() {
                 self.iss = p.seq.0;

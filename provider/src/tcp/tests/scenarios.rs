@@ -108,6 +108,35 @@ fn active_handshake_negotiates_options() {
     h.expect_nothing_until(35);
 }
 
+/// The MSS follows the family: IPv4 connections advertise `mss`, IPv6 ones `mss_v6` (the
+/// IPv6 header is 20 bytes longer), and the smaller of ours and the peer's caps segments.
+#[test]
+fn mss_is_per_family() {
+    let mut cf = cfg();
+    cf.mss = 1460;
+    cf.mss_v6 = 1440;
+    for (local, remote, ours) in [
+        (LOCAL, REMOTE, 1460),
+        (
+            "[2001:db8::1]:8080".parse().unwrap(),
+            "[2001:db8::2]:40000".parse().unwrap(),
+            1440,
+        ),
+    ] {
+        let mut h = Harness::new(cf.clone());
+        h.local = local;
+        h.remote = remote;
+        let l = h.engine.listen(local, 16).unwrap();
+        h.inject(0, seg(F_SYN).mss(9000).no_ts().win(65535));
+        h.expect(0, exp(F_SYN | F_ACK).ack(1).mss(Some(ours)));
+        h.inject(1, seg(F_ACK).seq(1).ack(1).no_ts().win(65535));
+        let c = h.engine.accept(l).unwrap();
+        h.engine.send(h.now, c, &vec![1u8; 3000]).unwrap();
+        h.drain();
+        h.expect(1, exp(F_ACK).seq(1).len(usize::from(ours)));
+    }
+}
+
 #[test]
 fn simultaneous_open() {
     let mut h = Harness::new(cfg());
