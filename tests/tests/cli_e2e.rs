@@ -459,15 +459,31 @@ fn message_rate(text: &str) -> u64 {
 #[ignore = "needs root and network namespaces"]
 fn sockperf_udp_ping_pong_throughput_under_load() {
     let lab = lab();
-    let _server = ProviderProcess::start(&lab, &["sockperf-server", "--port", "11111", "--udp"])
-        .expect("sockperf-server");
+    for drive in ["application", "threads"] {
+        sockperf_udp(&lab, drive);
+    }
+}
+
+fn sockperf_udp(lab: &Lab, drive: &str) {
+    let _server = ProviderProcess::start(
+        lab,
+        &[
+            "sockperf-server",
+            "--port",
+            "11111",
+            "--udp",
+            "--drive",
+            drive,
+        ],
+    )
+    .expect("sockperf-server");
     let ip = PROVIDER_V4.to_string();
-    let pp = sockperf(&lab, &["ping-pong", "-i", &ip, "-p", "11111", "-t", "2"]);
+    let pp = sockperf(lab, &["ping-pong", "-i", &ip, "-p", "11111", "-t", "2"]);
     let n = valid_round_trips(&pp);
     assert!(n > 0, "ping-pong measured no round trips");
     assert!(pp.contains("Summary: Latency is"));
     let pp = sockperf(
-        &lab,
+        lab,
         &[
             "ping-pong",
             "-i",
@@ -481,10 +497,10 @@ fn sockperf_udp_ping_pong_throughput_under_load() {
         ],
     );
     assert!(valid_round_trips(&pp) > 0);
-    let tp = sockperf(&lab, &["throughput", "-i", &ip, "-p", "11111", "-t", "1"]);
+    let tp = sockperf(lab, &["throughput", "-i", &ip, "-p", "11111", "-t", "1"]);
     assert!(message_rate(&tp) > 0);
     let ul = sockperf(
-        &lab,
+        lab,
         &[
             "under-load",
             "-i",
@@ -500,7 +516,7 @@ fn sockperf_udp_ping_pong_throughput_under_load() {
     assert!(valid_round_trips(&ul) > 0, "under-load got no replies");
     // sockperf 3.7 takes no IPv6 address: a hand-made ping over IPv6 (flags CLIENT|PONG,
     // 30 bytes) must come back with CLIENT cleared, and a throughput message (CLIENT) not.
-    in_peer(&lab, || {
+    in_peer(lab, || {
         let s = UdpSocket::bind((PEER_V6, 0)).unwrap();
         s.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
         let msg = |seq: u64, flags: u16| {
@@ -773,8 +789,14 @@ fn cat_tcp_connect_refused_names_the_error() {
 #[ignore = "needs root and network namespaces"]
 fn sockperf_tcp_ping_pong_and_throughput() {
     let lab = lab();
+    for drive in ["application", "threads"] {
+        sockperf_tcp(&lab, drive);
+    }
+}
+
+fn sockperf_tcp(lab: &Lab, drive: &str) {
     let _server = ProviderProcess::start(
-        &lab,
+        lab,
         &[
             "sockperf-server",
             "--port",
@@ -782,17 +804,19 @@ fn sockperf_tcp_ping_pong_and_throughput() {
             "--tcp",
             "--delayed-ack-ms",
             "0",
+            "--drive",
+            drive,
         ],
     )
     .expect("sockperf-server");
     let ip = PROVIDER_V4.to_string();
     let pp = sockperf(
-        &lab,
+        lab,
         &["ping-pong", "--tcp", "-i", &ip, "-p", "11112", "-t", "2"],
     );
     assert!(valid_round_trips(&pp) > 0, "TCP ping-pong measured nothing");
     let tp = sockperf(
-        &lab,
+        lab,
         &[
             "throughput",
             "--tcp",
@@ -810,7 +834,7 @@ fn sockperf_tcp_ping_pong_and_throughput() {
     // A second connection after the first ones closed, and large messages split across
     // segments.
     let pp = sockperf(
-        &lab,
+        lab,
         &[
             "ping-pong",
             "--tcp",

@@ -242,7 +242,16 @@ pub fn run() {
 }
 
 pub fn start(args: &DatapathArgs) -> Result<Engine, Box<dyn std::error::Error>> {
+    start_with(args, provider::engine::Drive::Threads)
+}
+
+/// [`start`] with the given drive mode (`Drive::Application`: the caller polls the driver).
+pub fn start_with(
+    args: &DatapathArgs,
+    drive: provider::engine::Drive,
+) -> Result<Engine, Box<dyn std::error::Error>> {
     let mut config = EngineConfig::new(&args.iface);
+    config.drive = drive;
     config.attach = args.attach;
     config.queues = args.queues;
     config.busy_poll = args.busy_poll;

@@ -16,8 +16,11 @@
 //! carry flags 3 or 1, replies flags 2, same sequence number and length; a TCP client sends no
 //! preamble.)
 //!
-//! One thread per UDP socket, one accept thread per TCP listener and one thread per TCP
-//! connection. Accepted connections get TCP_NODELAY, as sockperf's own server sets it.
+//! With `--drive application` (the default): no queue threads — one thread runs a tokio runtime
+//! with the datapath (`provider::aio::drive`) and every socket as a task. With `--drive
+//! threads`: the engine's queue threads, one thread per UDP socket, one accept thread per TCP
+//! listener and one thread per TCP connection, all on blocking WSP calls. Accepted connections get
+//! TCP_NODELAY, as sockperf's own server sets it.
 use std::{
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::{
@@ -27,6 +30,7 @@ use std::{
 };
 
 use clap::Args;
+use provider::engine::{Drive, Engine};
 use provider::{
     api::{AF_INET, AF_INET6, IPPROTO_UDP, Provider, SOCK_DGRAM, SOCK_STREAM},
     socket::{Socket, WsaError, options::IPPROTO_TCP},
@@ -62,6 +66,17 @@ pub struct SockperfArgs {
     /// Address families to serve.
     #[arg(long, value_parser = ["v4", "v6", "both"], default_value = "both")]
     family: String,
+    /// Who runs the datapath: one thread that runs it and every socket as tokio tasks
+    /// (`application`: `Drive::Application` + `provider::aio`; run to completion, no thread
+    /// hand-offs); or the engine's queue threads, with a blocking thread per socket (`threads`).
+    #[arg(long, value_enum, default_value = "application")]
+    drive: DriveArg,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DriveArg {
+    Threads,
+    Application,
 }
 
 /// Counters printed (JSON, stderr) when the server stops.
@@ -133,7 +148,11 @@ pub fn sockperf_server(args: SockperfArgs) -> Result<(), Box<dyn std::error::Err
         (false, false) => (true, true),
         x => x,
     };
-    let engine = Arc::new(super::start(&args.datapath)?);
+    let drive = match args.drive {
+        DriveArg::Threads => Drive::Threads,
+        DriveArg::Application => Drive::Application,
+    };
+    let engine = Arc::new(super::start_with(&args.datapath, drive)?);
     let p = engine.provider().clone();
     let mut families = Vec::new();
     if args.family != "v6" {
@@ -143,6 +162,10 @@ pub fn sockperf_server(args: SockperfArgs) -> Result<(), Box<dyn std::error::Err
         families.push((AF_INET6, IpAddr::V6(Ipv6Addr::UNSPECIFIED)));
     }
     let counters = Arc::new(Counters::default());
+    if drive == Drive::Application {
+        let any: Vec<IpAddr> = families.iter().map(|&(_, any)| any).collect();
+        return application_driven(&engine, &args, &any, (udp, tcp), &counters);
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let mut sockets = Vec::new();
     let mut threads = Vec::new();
@@ -166,14 +189,11 @@ pub fn sockperf_server(args: SockperfArgs) -> Result<(), Box<dyn std::error::Err
     }
     let stats_path = args.datapath.stats_path();
     let writer = super::spawn_stats_writer(&engine, stats_path.clone(), stop.clone());
-    let protos = match (udp, tcp) {
-        (true, true) => "udp, tcp",
-        (true, false) => "udp",
-        _ => "tcp",
-    };
     println!(
-        "ready: sockperf-server on port {} ({protos}; {})",
-        args.port, args.family
+        "ready: sockperf-server on port {} ({}; {})",
+        args.port,
+        protocols(udp, tcp),
+        args.family
     );
     super::wait_for_signal()?;
     stop.store(true, Ordering::Relaxed);
@@ -189,19 +209,123 @@ pub fn sockperf_server(args: SockperfArgs) -> Result<(), Box<dyn std::error::Err
     Ok(())
 }
 
+/// `--drive application`: one current-thread runtime runs the datapath (`aio::drive`), an
+/// accept task per TCP listener, a task per connection and a task per UDP socket.
+fn application_driven(
+    engine: &Arc<Engine>,
+    args: &SockperfArgs,
+    any: &[IpAddr],
+    (udp, tcp): (bool, bool),
+    counters: &Arc<Counters>,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let stats_path = args.datapath.stats_path();
+    let writer = super::spawn_stats_writer(engine, stats_path.clone(), stop.clone());
+    let p = engine.provider().clone();
+    let served = rt.block_on(async {
+        tokio::spawn(provider::aio::drive(engine.driver()?));
+        for &ip in any {
+            let addr = SocketAddr::new(ip, args.port);
+            if udp {
+                let s = provider::aio::UdpSocket::bind(&p, addr)?;
+                let c = counters.clone();
+                tokio::spawn(async move { udp_task(s, &c).await });
+            }
+            if tcp {
+                let l = provider::aio::TcpListener::bind_with_backlog(&p, addr, 128)?;
+                let c = counters.clone();
+                tokio::spawn(async move {
+                    while let Ok((s, peer)) = l.accept().await {
+                        c.connections.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(%peer, "sockperf tcp connection");
+                        if let Err(err) = s.set_nodelay(true) {
+                            tracing::warn!(%err, "TCP_NODELAY");
+                        }
+                        let c = c.clone();
+                        tokio::spawn(async move {
+                            if let Err(e) = tcp_conn_async(s, &c).await {
+                                tracing::info!(%peer, "sockperf tcp connection ended: {e}");
+                            }
+                        });
+                    }
+                });
+            }
+        }
+        println!(
+            "ready: sockperf-server on port {} ({}; {}; application-driven)",
+            args.port,
+            protocols(udp, tcp),
+            args.family
+        );
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            r = tokio::signal::ctrl_c() => r?,
+            _ = term.recv() => {}
+        }
+        Ok::<_, Box<dyn std::error::Error>>(())
+    });
+    stop.store(true, Ordering::Relaxed);
+    // Dropping the runtime drops every task: sockets close, the driver is released.
+    drop(rt);
+    let _ = writer.join();
+    eprintln!("{}", serde_json::to_string(&counters.summary())?);
+    let _ = std::fs::remove_file(&stats_path);
+    served
+}
+
+fn protocols(udp: bool, tcp: bool) -> &'static str {
+    match (udp, tcp) {
+        (true, true) => "udp, tcp",
+        (true, false) => "udp",
+        _ => "tcp",
+    }
+}
+
+/// One UDP socket over `provider::aio`: answer what asks for it.
+async fn udp_task(s: provider::aio::UdpSocket, c: &Counters) {
+    let mut buf = vec![0u8; 65536];
+    loop {
+        match s.recv_from(&mut buf).await {
+            Ok((n, from)) => {
+                if let Some(reply) = udp_message(&mut buf[..n], c) {
+                    match s.send_to(reply, from).await {
+                        Ok(_) => {
+                            c.replies.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(err) => tracing::debug!(%err, %from, "sockperf udp reply failed"),
+                    }
+                }
+            }
+            Err(e) if provider::aio::wsa_error(&e) == Some(WsaError::WSAEMSGSIZE) => {
+                c.malformed.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(_) => return,
+        }
+    }
+}
+
+/// Count one datagram; the reply to send, if it asks for one.
+fn udp_message<'a>(msg: &'a mut [u8], c: &Counters) -> Option<&'a [u8]> {
+    let n = msg.len();
+    c.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
+    if n < HEADER || !(HEADER..=n).contains(&message_len(msg)) {
+        c.malformed.fetch_add(1, Ordering::Relaxed);
+        return None;
+    }
+    c.count(msg);
+    answer(msg).then_some(&*msg)
+}
+
 fn udp_loop(p: &Provider, s: Socket, c: &Counters) {
     let mut buf = vec![0u8; 65536];
     loop {
         match p.wsp_recv_from(s, &mut buf) {
             Ok((n, from)) => {
-                c.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
-                if n < HEADER || !(HEADER..=n).contains(&message_len(&buf[..n])) {
-                    c.malformed.fetch_add(1, Ordering::Relaxed);
-                    continue;
-                }
-                c.count(&buf[..n]);
-                if answer(&mut buf[..n]) {
-                    match p.wsp_send_to(s, &buf[..n], from) {
+                if let Some(reply) = udp_message(&mut buf[..n], c) {
+                    match p.wsp_send_to(s, reply, from) {
                         Ok(_) => {
                             c.replies.fetch_add(1, Ordering::Relaxed);
                         }
@@ -244,56 +368,105 @@ fn accept_loop(p: &Arc<Provider>, l: Socket, c: &Arc<Counters>, stop: &AtomicBoo
     }
 }
 
-/// Serve one TCP connection until EOF: frame messages by their length field, answer those
-/// that ask for it (all replies of one receive go out in one send).
-fn tcp_conn(p: &Provider, s: Socket, c: &Counters) -> Result<(), Box<dyn std::error::Error>> {
-    let mut buf = vec![0u8; 256 * 1024];
-    let (mut start, mut end) = (0usize, 0usize);
-    let mut out = Vec::with_capacity(64 * 1024);
-    loop {
-        if end == buf.len() {
+/// TCP message framing for one connection: received bytes go into [`space`](Self::space),
+/// [`feed`](Self::feed) frames the complete messages by their length field and collects the
+/// replies, which the caller sends in one go (all replies of one receive in one send).
+struct Framer {
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    out: Vec<u8>,
+}
+
+impl Framer {
+    fn new() -> Self {
+        Self {
+            buf: vec![0u8; 256 * 1024],
+            start: 0,
+            end: 0,
+            out: Vec::with_capacity(64 * 1024),
+        }
+    }
+
+    /// Free room for the next receive (never empty).
+    fn space(&mut self) -> &mut [u8] {
+        if self.end == self.buf.len() {
             // Make room: move the partial message to the front, or grow for a large one.
-            if start > 0 {
-                buf.copy_within(start..end, 0);
-                end -= start;
-                start = 0;
+            if self.start > 0 {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
             } else {
-                buf.resize(buf.len() * 2, 0);
+                self.buf.resize(self.buf.len() * 2, 0);
             }
         }
-        let n = p.wsp_recv(s, &mut buf[end..]).call("recv")?;
-        if n == 0 {
-            return Ok(());
-        }
+        &mut self.buf[self.end..]
+    }
+
+    /// `n` bytes arrived in [`space`](Self::space): count and answer every complete message.
+    /// Returns the replies to send (empty if none), or an error for a malformed length.
+    fn feed(&mut self, n: usize, c: &Counters) -> Result<&[u8], String> {
         c.bytes_in.fetch_add(n as u64, Ordering::Relaxed);
-        end += n;
-        while end - start >= HEADER {
-            let len = message_len(&buf[start..]);
+        self.out.clear();
+        self.end += n;
+        while self.end - self.start >= HEADER {
+            let len = message_len(&self.buf[self.start..]);
             if !(HEADER..=MAX_MESSAGE).contains(&len) {
                 c.malformed.fetch_add(1, Ordering::Relaxed);
-                return Err(format!("message length {len} out of range; closing").into());
+                return Err(format!("message length {len} out of range; closing"));
             }
-            if end - start < len {
-                if len > buf.len() {
-                    buf.resize(len.next_power_of_two(), 0);
+            if self.end - self.start < len {
+                if len > self.buf.len() {
+                    self.buf.resize(len.next_power_of_two(), 0);
                 }
                 break;
             }
-            let msg = &mut buf[start..start + len];
+            let msg = &mut self.buf[self.start..self.start + len];
             c.count(msg);
             if answer(msg) {
-                out.extend_from_slice(msg);
+                self.out.extend_from_slice(msg);
                 c.replies.fetch_add(1, Ordering::Relaxed);
             }
-            start += len;
+            self.start += len;
         }
-        if start == end {
-            start = 0;
-            end = 0;
+        if self.start == self.end {
+            self.start = 0;
+            self.end = 0;
         }
+        Ok(&self.out)
+    }
+}
+
+/// Serve one TCP connection until EOF with blocking WSP calls.
+fn tcp_conn(p: &Provider, s: Socket, c: &Counters) -> Result<(), Box<dyn std::error::Error>> {
+    let mut f = Framer::new();
+    loop {
+        let n = p.wsp_recv(s, f.space()).call("recv")?;
+        if n == 0 {
+            return Ok(());
+        }
+        let out = f.feed(n, c)?;
         if !out.is_empty() {
-            wsp::send_all(p, s, &out).call("send")?;
-            out.clear();
+            wsp::send_all(p, s, out).call("send")?;
+        }
+    }
+}
+
+/// The same over `provider::aio` (application-driven mode).
+async fn tcp_conn_async(
+    mut io: provider::aio::TcpStream,
+    c: &Counters,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut f = Framer::new();
+    loop {
+        let n = io.read(f.space()).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        let out = f.feed(n, c)?;
+        if !out.is_empty() {
+            io.write_all(out).await?;
         }
     }
 }
