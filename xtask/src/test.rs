@@ -123,7 +123,7 @@ fn run_steps(opts: &TestOptions, steps: &mut Steps) -> Result<()> {
 
     // A short fuzz smoke run of each cargo-fuzz target (fuzz/README.md); a crash fails the run.
     if opts.packages.is_empty() && opts.filter.is_none() && !opts.quick {
-        for target in ["tcp_segments", "frame_parse"] {
+        for target in ["tcp_segments", "frame_parse", "wsp_calls"] {
             steps.step(&format!("cargo fuzz run {target} (20 s smoke)"), || {
                 cmd::run(
                     Command::new("cargo")

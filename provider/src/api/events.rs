@@ -545,14 +545,14 @@ impl Provider {
                 }
                 Role::Connecting(id) => match inner.engine.state(id) {
                     Some(TcpState::SynSent | TcpState::SynReceived) => {}
-                    Some(TcpState::Closed) | None => {
+                    Some(TcpState::Closed) | None if !inner.established.contains(&id) => {
                         let err = inner
                             .engine
                             .error(id)
                             .map_or(WsaError::WSAECONNREFUSED, map_err);
                         a.record(FD_CONNECT, err.code());
                     }
-                    Some(_) => {
+                    _ => {
                         a.record(FD_CONNECT, 0);
                         tcp_conditions(&inner.engine, a, id, send_shut);
                     }

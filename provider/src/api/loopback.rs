@@ -8,7 +8,7 @@
 //! provider can connect to each other in unit tests.
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicIsize, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
@@ -46,6 +46,9 @@ pub struct LoopbackDatapath {
     up: AtomicBool,
     fail_steer: Mutex<Option<WsaError>>,
     steer_ops: Mutex<Vec<SteerOp>>,
+    record_steer: AtomicBool,
+    /// STEER adds minus removes (counted whether recorded or not).
+    steered: AtomicIsize,
     sent: Mutex<Vec<Sent>>,
     record_sent: AtomicBool,
     /// Datagrams the provider had no socket for, or addressed elsewhere.
@@ -63,6 +66,8 @@ impl Default for LoopbackDatapath {
             up: AtomicBool::new(true),
             fail_steer: Mutex::new(None),
             steer_ops: Mutex::new(Vec::new()),
+            record_steer: AtomicBool::new(true),
+            steered: AtomicIsize::new(0),
             sent: Mutex::new(Vec::new()),
             record_sent: AtomicBool::new(true),
             undelivered: AtomicUsize::new(0),
@@ -135,7 +140,17 @@ impl LoopbackDatapath {
         self.record_sent.store(on, Ordering::Relaxed);
     }
 
-    /// Every STEER operation so far, in order.
+    /// Stop recording STEER operations (long-running tests, fuzzing); `steered` still counts.
+    pub fn record_steer_ops(&self, on: bool) {
+        self.record_steer.store(on, Ordering::Relaxed);
+    }
+
+    /// STEER entries added and not removed since (0 once every endpoint is released).
+    pub fn steered(&self) -> isize {
+        self.steered.load(Ordering::Relaxed)
+    }
+
+    /// Every STEER operation so far, in order (while recording).
     pub fn steer_ops(&self) -> Vec<SteerOp> {
         lock(&self.steer_ops).clone()
     }
@@ -151,12 +166,18 @@ impl Datapath for LoopbackDatapath {
         if let Some(err) = *lock(&self.fail_steer) {
             return Err(err);
         }
-        lock(&self.steer_ops).push(SteerOp::Add(key));
+        self.steered.fetch_add(1, Ordering::Relaxed);
+        if self.record_steer.load(Ordering::Relaxed) {
+            lock(&self.steer_ops).push(SteerOp::Add(key));
+        }
         Ok(())
     }
 
     fn steer_remove(&self, key: SteerKey) {
-        lock(&self.steer_ops).push(SteerOp::Remove(key));
+        self.steered.fetch_sub(1, Ordering::Relaxed);
+        if self.record_steer.load(Ordering::Relaxed) {
+            lock(&self.steer_ops).push(SteerOp::Remove(key));
+        }
     }
 
     fn send_udp(&self, src: SocketAddr, dst: SocketAddr, payload: &[u8]) -> Result<(), WsaError> {

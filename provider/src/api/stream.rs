@@ -16,7 +16,7 @@
 //! kernel never sees, and never resets, a segment of a flow the provider owns.
 use std::collections::HashMap;
 
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -81,6 +81,11 @@ pub(crate) struct TcpInner {
     listeners: FxHashMap<ListenerId, Weak<SocketEntry>>,
     /// References per steered TCP endpoint: bound sockets plus live connections.
     endpoint_refs: HashMap<SocketAddr, u32>,
+    /// Connections of `wsp_connect` that reached ESTABLISHED while their socket was open. A
+    /// nonblocking connect is only noticed when the socket looks; if the connection has been
+    /// reset (CLOSED) by then, this says the connect itself succeeded (its data is readable,
+    /// then the reset). Removed when the socket is released.
+    pub(crate) established: FxHashSet<ConnId>,
     /// Scratch buffer for one outgoing segment.
     scratch: Vec<u8>,
 }
@@ -105,6 +110,7 @@ impl TcpHost {
                 conns: FxHashMap::default(),
                 listeners: FxHashMap::default(),
                 endpoint_refs: HashMap::new(),
+                established: FxHashSet::default(),
                 scratch: vec![0u8; 65536],
             }),
             deadline_ns: AtomicU64::new(u64::MAX),
@@ -241,6 +247,9 @@ impl Provider {
             | Event::PeerFin(id)
             | Event::Reset(id) => {
                 if let Some(e) = conn_socket(inner, &id) {
+                    if let Event::Connected(id) = ev {
+                        inner.established.insert(id);
+                    }
                     self.async_tcp_event(inner, ev, e.id);
                     wakes.push(e);
                 }
@@ -637,6 +646,10 @@ impl Provider {
         let inner = self.tcp_lock();
         match inner.engine.state(id) {
             Some(TcpState::SynSent | TcpState::SynReceived) => Progress::Pending,
+            // Established, then reset before the socket looked: the connect succeeded.
+            Some(TcpState::Closed) | None if inner.established.contains(&id) => {
+                Progress::Established
+            }
             Some(TcpState::Closed) | None => Progress::Failed(
                 inner
                     .engine
@@ -989,6 +1002,7 @@ impl Provider {
                     if let Some(slot) = inner.conns.get_mut(&id) {
                         slot.socket = Weak::new();
                     }
+                    inner.established.remove(&id);
                     let path = match lingered {
                         Some(ClosePath::LingerTimeoutReset) => ClosePath::LingerTimeoutReset,
                         Some(p) => {

@@ -230,6 +230,53 @@ fn nonblocking_connect_accept_send_recv() {
     assert!(total > 0);
 }
 
+/// Found by the `wsp_calls` fuzz target: a nonblocking connect that nobody polled again, whose
+/// connection was established, received data and was then reset, must still hand out that data
+/// (then WSAECONNRESET), not WSAENOTCONN as if the connect had failed.
+#[test]
+fn unpolled_nonblocking_connect_still_reads_data_after_a_reset() {
+    let (p, _dp) = setup();
+    let l = listener(&p, "198.18.0.1:5150");
+    let c = tcp(&p, false);
+    let mut on = 1;
+    p.wsp_ioctl(c, FIONBIO, &mut on).unwrap();
+    assert_eq!(
+        p.wsp_connect(c, addr("198.18.0.1:5150")),
+        Err(WSAEWOULDBLOCK)
+    );
+    let (s, _) = p.wsp_accept(l).unwrap();
+    send_all(&p, s, b"before the reset");
+    let linger = Linger {
+        l_onoff: 1,
+        l_linger: 0,
+    };
+    p.wsp_set_sock_opt(s, SOL_SOCKET, SO_LINGER, &linger.to_bytes())
+        .unwrap();
+    // Wait until the data is readable (FIONREAD) and the RST has arrived (SO_ERROR would
+    // consume it: watch the engine through the connection count instead).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let mut avail = 0;
+        p.wsp_ioctl(c, FIONREAD, &mut avail).unwrap();
+        if avail == 16 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "data never arrived");
+        thread::sleep(Duration::from_millis(1));
+    }
+    p.wsp_close_socket(s).unwrap();
+    thread::sleep(Duration::from_millis(50));
+    let mut avail = 0;
+    p.wsp_ioctl(c, FIONREAD, &mut avail).unwrap();
+    assert_eq!(avail, 16);
+    let mut b = [0u8; 64];
+    assert_eq!(p.wsp_recv(c, &mut b), Ok(16));
+    assert_eq!(&b[..16], b"before the reset");
+    assert_eq!(p.wsp_recv(c, &mut b), Err(WSAECONNRESET));
+    // The connect itself succeeded.
+    assert_eq!(p.wsp_connect(c, addr("198.18.0.1:5150")), Err(WSAEISCONN));
+}
+
 #[test]
 fn connect_to_a_closed_port_is_refused() {
     let (p, _dp) = setup();
