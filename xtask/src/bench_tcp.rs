@@ -66,6 +66,8 @@ pub struct TcpBenchOptions {
     pub rounds: u32,
     /// Record every provider-side provider process with `perf record -g`.
     pub perf: bool,
+    /// Run every provider process with `--busy-poll` (it spins instead of sleeping when idle).
+    pub busy_poll: bool,
 }
 
 impl Default for TcpBenchOptions {
@@ -76,6 +78,7 @@ impl Default for TcpBenchOptions {
             parallel: 8,
             rounds: 3,
             perf: false,
+            busy_poll: false,
         }
     }
 }
@@ -377,6 +380,7 @@ struct Runner<'a> {
     lab: &'a Lab,
     bin: PathBuf,
     perf_dir: Option<PathBuf>,
+    busy_poll: bool,
 }
 
 impl Runner<'_> {
@@ -393,6 +397,9 @@ impl Runner<'_> {
                 .arg("--");
         }
         c.arg(&self.bin).args(args);
+        if stack == Stack::Provider && self.busy_poll {
+            c.arg("--busy-poll");
+        }
         c
     }
 
@@ -912,6 +919,7 @@ pub fn tcp(opts: &TcpBenchOptions) -> Result<()> {
         lab: &lab,
         bin,
         perf_dir,
+        busy_poll: opts.busy_poll,
     };
     let (s, n, k) = (opts.seconds, opts.bytes, opts.parallel);
     tune_peer_for_connect_loop(&lab)?;
@@ -979,11 +987,16 @@ pub fn tcp(opts: &TcpBenchOptions) -> Result<()> {
     }
 
     println!(
-        "\nTCP, lab {} (veth, 1 queue, MTU {}), server side on CPU {SERVER_CPU}, kernel-stack clients in the peer on CPU {CLIENT_CPU}; {s} s per sockperf / connect run, {} MiB per bulk run, median of {} round(s)",
+        "\nTCP, lab {} (veth, 1 queue, MTU {}), server side on CPU {SERVER_CPU}, kernel-stack clients in the peer on CPU {CLIENT_CPU}; {s} s per sockperf / connect run, {} MiB per bulk run, median of {} round(s){}",
         lab.name,
         lab.mtu,
         n >> 20,
-        opts.rounds
+        opts.rounds,
+        if opts.busy_poll {
+            "; provider processes with --busy-poll"
+        } else {
+            ""
+        }
     );
     print!("{}", render_table(&rows));
     for (i, note) in failure_notes(&rows).iter().enumerate() {

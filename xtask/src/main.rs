@@ -120,6 +120,9 @@ enum BenchCmd {
         /// Record the provider processes with `perf record -g` (bench-results/perf/).
         #[arg(long)]
         perf: bool,
+        /// Run the provider processes with `--busy-poll` (spin instead of sleeping when idle).
+        #[arg(long)]
+        busy_poll: bool,
     },
     /// tokio on the provider (`provider::aio`) vs the same tokio code on kernel sockets:
     /// sockperf latency / message rate against a tokio sockperf server, wrk requests/s
@@ -259,12 +262,14 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode> {
                 parallel,
                 rounds,
                 perf,
+                busy_poll,
             } => xtask::bench_tcp::tcp(&xtask::bench_tcp::TcpBenchOptions {
                 seconds,
                 bytes,
                 parallel,
                 rounds,
                 perf,
+                busy_poll,
             })?,
             BenchCmd::Async {
                 seconds,

@@ -31,6 +31,9 @@ const BATCHES_PER_YIELD: u32 = 4;
 /// # Ok(()) }
 /// ```
 ///
+/// With `EngineConfig::busy_poll` the task never sleeps: it polls, yields to the other tasks,
+/// and polls again (one core busy, no wake-up latency).
+///
 /// The runtime needs its IO and time drivers (`enable_all`). On a current-thread runtime,
 /// reception, the TCP engine and the application's tasks all run on one thread and wake each
 /// other without system calls. The task waits on the AF_XDP sockets and the timer eventfd
@@ -47,6 +50,7 @@ pub async fn drive(mut driver: Driver) -> io::Result<()> {
         })
         .collect::<io::Result<Vec<AsyncFd<OwnedFd>>>>()?;
     let wake_fd = fds.len() - 1;
+    let busy_poll = driver.busy_poll();
     let mut batches = 0;
     while driver.is_running() {
         driver.kick();
@@ -57,6 +61,13 @@ pub async fn drive(mut driver: Driver) -> io::Result<()> {
                     batches = 0;
                     tokio::task::yield_now().await;
                 }
+                continue;
+            }
+            Progress::Idle { .. } if busy_poll => {
+                // Spin: no sleep, so no wake-up latency (an idle core in a VM can take
+                // hundreds of µs to wake); the other tasks run between polls.
+                batches = 0;
+                tokio::task::yield_now().await;
                 continue;
             }
             Progress::Idle { until } => until,

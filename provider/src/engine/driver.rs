@@ -127,6 +127,12 @@ impl Driver {
         owed
     }
 
+    /// `EngineConfig::busy_poll`: an async driver should keep polling (yielding to other tasks
+    /// in between) instead of sleeping when idle — no wake-up latency, one core spent.
+    pub fn busy_poll(&self) -> bool {
+        self.cfg.busy_poll
+    }
+
     /// False once the engine stopped: the caller's loop should end.
     pub fn is_running(&self) -> bool {
         self.dp.is_running()

@@ -78,7 +78,8 @@ pub struct EngineConfig {
     pub xsk: XskConfig,
     /// Queue threads or an application-driven [`Driver`].
     pub drive: Drive,
-    /// Spin instead of sleeping in `poll` when idle (queue threads only).
+    /// Spin instead of sleeping when idle: queue threads spin on their rings; `aio::drive`
+    /// keeps polling, yielding to the runtime's other tasks in between.
     pub busy_poll: bool,
     /// Frames taken from RX per batch.
     pub rx_batch: usize,
