@@ -94,6 +94,10 @@ pub(crate) struct Conn {
     // Timers (the engine keeps one wheel entry per connection at the earliest of these).
     t_rto: Option<Instant>,
     t_delack: Option<Instant>,
+    /// Request/response traffic: our data went out carrying a delayed ACK (the reply
+    /// piggybacks it). Off again when the delayed-ACK timer fires. While on, draining pushed
+    /// data does not ACK at once (the reply will carry it) — Linux's "pingpong" mode.
+    interactive: bool,
     t_persist: Option<Instant>,
     t_keepalive: Option<Instant>,
     t_timewait: Option<Instant>,
@@ -155,6 +159,7 @@ impl Conn {
             keepalive_due: false,
             t_rto: None,
             t_delack: None,
+            interactive: false,
             t_persist: None,
             t_keepalive: None,
             t_timewait: None,
@@ -594,6 +599,7 @@ impl Conn {
         if due(self.t_delack) {
             self.t_delack = None;
             self.ack_now = true;
+            self.interactive = false;
         }
         if self.snd.next_deadline().is_some_and(|t| t <= now) && self.state.is_synchronized() {
             self.snd.on_timer(now);
@@ -920,6 +926,9 @@ impl Conn {
         let payload = self.snd.payload(plan.seq, plan.len);
         let n = write_segment(buf, self.local, self.remote, &seg, payload)?;
         self.snd.on_sent(cx.now, &plan);
+        if plan.len > 0 && self.t_delack.is_some() {
+            self.interactive = true;
+        }
         self.on_ack_sent();
         if self.t_rto.is_none() || plan.kind == send::TxKind::Tlp {
             // RFC 8985 §7.3: after a probe the retransmission timer restarts.
@@ -950,7 +959,21 @@ impl Conn {
 
     pub(crate) fn recv(&mut self, buf: &mut [u8]) -> Result<usize, TcpError> {
         let n = self.rcv.read(buf);
-        if n > 0 || buf.is_empty() {
+        if n > 0 {
+            // The application drained data the peer pushed while our ACK is being delayed:
+            // ACK now, as Linux does (ICSK_ACK_PUSHED) — a Nagle sender waits for exactly this
+            // ACK before its next small segment. Not for request/response traffic, where the
+            // reply carries the ACK.
+            if self.rcv.pushed
+                && !self.interactive
+                && self.rcv.available() == 0
+                && self.t_delack.is_some()
+            {
+                self.ack_now = true;
+            }
+            return Ok(n);
+        }
+        if buf.is_empty() {
             return Ok(n);
         }
         if let Some(e) = self.error {

@@ -10,6 +10,7 @@ use super::super::segment::SegmentIn;
 use super::super::seq::SeqNum;
 use super::super::types::{Event, TcpState};
 use super::{Conn, Ctx};
+use crate::net::tcp::TcpFlags;
 
 /// Most earlier ACKs kept for one transmit round (see [`AckPoint`]).
 const MAX_ACK_POINTS: usize = 16;
@@ -45,6 +46,8 @@ pub(crate) struct Receiver {
     rcv_mss: u32,
     /// The user read since our last ACK: a window update may be due.
     read_since_ack: bool,
+    /// In-order data with PSH arrived since our last ACK (see `Conn::recv`).
+    pub(crate) pushed: bool,
     /// Earlier immediate ACKs still to send, oldest first.
     pub(crate) points: VecDeque<AckPoint>,
     /// The receive state the pending immediate ACK was owed for.
@@ -67,6 +70,7 @@ impl Receiver {
             unacked_bytes: 0,
             rcv_mss: u32::from(cfg.mss),
             read_since_ack: false,
+            pushed: false,
             points: VecDeque::new(),
             owed: None,
             dsack: None,
@@ -161,6 +165,7 @@ impl Receiver {
     pub(crate) fn on_ack_sent(&mut self) {
         self.unacked_bytes = 0;
         self.read_since_ack = false;
+        self.pushed = false;
         self.points.clear();
         self.owed = None;
         self.dsack = None;
@@ -221,6 +226,9 @@ impl Conn {
                 return;
             }
             self.on_text(cx, seg.seq, seg.payload);
+            if seg.flags.contains(TcpFlags::PSH) {
+                self.rcv.pushed = true;
+            }
         }
         if seg.fin() {
             self.rcv.fin_seq = Some(seg.seq + seg.payload.len() as u32);

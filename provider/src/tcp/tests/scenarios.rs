@@ -244,6 +244,65 @@ fn delayed_ack_piggybacks_on_data() {
     h.expect_nothing_until(100);
 }
 
+/// Pushed data that the application drains while our ACK is delayed is ACKed at once (a
+/// Nagle sender waits for that ACK before its next small segment), as Linux does. A read that
+/// leaves data behind, or data without PSH, keeps the delayed ACK.
+#[test]
+fn draining_pushed_data_acks_at_once() {
+    let (mut h, _l, c) = Harness::passive(cfg(), PeerOpts::full());
+    let mut buf = vec![0u8; 4000];
+    // The first delayed ACK opens the window past the SYN's 64 KiB (else the first read
+    // would send a window update anyway).
+    h.inject(10, seg(F_ACK).seq(1).ack(1).len(100));
+    h.expect_event(Event::Readable(c));
+    h.expect(50, exp(F_ACK).ack(101));
+    assert_eq!(h.engine.recv(h.now, c, &mut buf), Ok(100));
+    // No PSH: the read keeps the ACK delayed.
+    h.inject(60, seg(F_ACK).seq(101).ack(1).len(100));
+    assert_eq!(h.engine.recv(h.now, c, &mut buf), Ok(100));
+    h.drain();
+    h.expect_nothing_until(70);
+    h.expect(100, exp(F_ACK).ack(201));
+    // PSH, read in two parts: only the read that drains it ACKs, at once.
+    h.inject(200, seg(F_ACK | F_PSH).seq(201).ack(1).len(200));
+    assert_eq!(h.engine.recv(h.now, c, &mut buf[..50]), Ok(50));
+    h.drain();
+    h.expect_nothing_until(201);
+    assert_eq!(h.engine.recv(h.now, c, &mut buf), Ok(150));
+    h.drain();
+    h.expect(201, exp(F_ACK).ack(401));
+    h.expect_nothing_until(300);
+}
+
+/// Request/response: once a reply has carried a delayed ACK, draining the next request waits
+/// for the reply to carry the ACK again (no extra pure ACK per request); a delayed-ACK timeout
+/// (no reply in time) ends that mode.
+#[test]
+fn request_response_keeps_the_ack_for_the_reply() {
+    let (mut h, _l, c) = Harness::passive(cfg(), PeerOpts::full());
+    let mut buf = vec![0u8; 100];
+    h.inject(10, seg(F_ACK | F_PSH).seq(1).ack(1).len(10));
+    h.engine.send(h.now, c, b"reply").unwrap();
+    h.drain();
+    h.expect(10, exp(F_ACK | F_PSH).seq(1).ack(11).len(5));
+    assert_eq!(h.engine.recv(h.now, c, &mut buf), Ok(10));
+    h.inject(20, seg(F_ACK | F_PSH).seq(11).ack(6).len(10));
+    assert_eq!(h.engine.recv(h.now, c, &mut buf), Ok(10));
+    h.drain();
+    h.expect_nothing_until(25);
+    h.engine.send(h.now, c, b"reply").unwrap();
+    h.drain();
+    h.expect(25, exp(F_ACK | F_PSH).seq(6).ack(21).len(5));
+    // No reply this time: the delayed ACK fires, and the next drained request ACKs at once.
+    h.inject(30, seg(F_ACK | F_PSH).seq(21).ack(11).len(10));
+    assert_eq!(h.engine.recv(h.now, c, &mut buf), Ok(10));
+    h.expect(70, exp(F_ACK).ack(31));
+    h.inject(100, seg(F_ACK | F_PSH).seq(31).ack(11).len(10));
+    assert_eq!(h.engine.recv(h.now, c, &mut buf), Ok(10));
+    h.drain();
+    h.expect(100, exp(F_ACK).ack(41));
+}
+
 #[test]
 fn nagle_holds_small_segments_until_ack() {
     let (mut h, c) = Harness::active(cfg(), ConnOptions::default(), PeerOpts::plain());
