@@ -39,22 +39,20 @@ const BATCHES_PER_YIELD: u32 = 4;
 /// other without system calls. The task waits on the AF_XDP sockets and the timer eventfd
 /// through the runtime's reactor, so it costs nothing while idle.
 pub async fn drive(mut driver: Driver) -> io::Result<()> {
-    let fds = driver
-        .fds()
-        .map(|fd| {
-            let owned = fd.try_clone_to_owned()?;
-            // SAFETY: `owned` is a descriptor of our own (a dup); the AsyncFd owns it, and nothing
-            // closes or replaces it while registered — it is closed when the AsyncFd drops.
-            unsafe { AsyncFd::register_with_interest(owned, Interest::READABLE) }
-                .map_err(|e| e.into_parts().1)
-        })
-        .collect::<io::Result<Vec<AsyncFd<OwnedFd>>>>()?;
-    let wake_fd = fds.len() - 1;
+    let mut fds = register(&driver)?;
+    let mut epoch = driver.queue_epoch();
     let busy_poll = driver.busy_poll();
     let mut batches = 0;
     while driver.is_running() {
         driver.kick();
-        let until = match driver.poll() {
+        let progress = driver.poll();
+        if driver.queue_epoch() != epoch {
+            // The served queues changed (ethtool -L): wait on the new set of sockets.
+            fds = register(&driver)?;
+            epoch = driver.queue_epoch();
+        }
+        let wake_fd = fds.len() - 1;
+        let until = match progress {
             Progress::Busy => {
                 batches += 1;
                 if batches >= BATCHES_PER_YIELD {
@@ -105,4 +103,19 @@ pub async fn drive(mut driver: Driver) -> io::Result<()> {
     }
     driver.end_deferred_kicks();
     Ok(())
+}
+
+/// The driver's descriptors (every served queue's socket, then the timer eventfd) in the
+/// runtime's reactor.
+fn register(driver: &Driver) -> io::Result<Vec<AsyncFd<OwnedFd>>> {
+    driver
+        .fds()
+        .map(|fd| {
+            let owned = fd.try_clone_to_owned()?;
+            // SAFETY: `owned` is a descriptor of our own (a dup); the AsyncFd owns it, and nothing
+            // closes or replaces it while registered — it is closed when the AsyncFd drops.
+            unsafe { AsyncFd::register_with_interest(owned, Interest::READABLE) }
+                .map_err(|e| e.into_parts().1)
+        })
+        .collect()
 }

@@ -130,6 +130,7 @@ pub fn cat(args: CatArgs) -> Result<(), BoxError> {
         return Err("--nodelay and --linger apply to TCP only".into());
     }
     let engine = super::start(&args.datapath)?;
+    super::require_family(&engine, if af_is_v6(&args) { "v6" } else { "v4" })?;
     let p = engine.provider().clone();
     let stdin = spawn_stdin_reader();
     let result = if args.udp {

@@ -90,7 +90,8 @@ pub struct DatapathArgs {
     /// AF_XDP bind mode.
     #[arg(long, value_enum, default_value = "auto")]
     xsk_mode: XskMode,
-    /// Serve only the first N RX queues (default: all).
+    /// Serve only the first N RX queues (default: every active RX queue — `ethtool -l`
+    /// "current" — following `ethtool -L` while running). More than are active is an error.
     #[arg(long)]
     queues: Option<u32>,
     /// Spin on the rings instead of sleeping in poll.
@@ -265,6 +266,25 @@ pub fn start_with(
     Ok(Engine::start(config)?)
 }
 
+/// Fail with one line when the interface has no address of the family a subcommand was asked to
+/// serve (`v4`, `v6`; `both` serves whichever the interface has).
+pub fn require_family(engine: &Engine, family: &str) -> Result<(), Box<dyn std::error::Error>> {
+    let iface = &engine.interface().name;
+    let has = |v6: bool| engine.addresses().iter().any(|a| a.is_ipv6() == v6);
+    let (v6, name, example, other) = match family {
+        "v4" => (false, "IPv4", "198.18.0.1/24", "v6"),
+        "v6" => (true, "IPv6", "2001:2::1/64", "v4"),
+        _ => return Ok(()),
+    };
+    if has(v6) {
+        return Ok(());
+    }
+    Err(format!(
+        "interface {iface} has no {name} address: add one (`ip addr add {example} dev {iface}`) or serve the other family (--family {other})"
+    )
+    .into())
+}
+
 /// Block until SIGINT or SIGTERM.
 fn wait_for_signal() -> std::io::Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
@@ -306,6 +326,7 @@ fn spawn_stats_writer(
 
 fn echo(args: EchoArgs) -> Result<(), Box<dyn std::error::Error>> {
     let engine = Arc::new(start(&args.datapath)?);
+    require_family(&engine, &args.family)?;
     let provider = engine.provider().clone();
     let mut families = Vec::new();
     if args.family != "v6" {

@@ -153,6 +153,7 @@ pub fn sockperf_server(args: SockperfArgs) -> Result<(), Box<dyn std::error::Err
         DriveArg::Application => Drive::Application,
     };
     let engine = Arc::new(super::start_with(&args.datapath, drive)?);
+    super::require_family(&engine, &args.family)?;
     let p = engine.provider().clone();
     let mut families = Vec::new();
     if args.family != "v6" {

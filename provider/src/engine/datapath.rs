@@ -3,7 +3,7 @@ use std::{
     net::{IpAddr, SocketAddr},
     sync::{
         Arc, Mutex, MutexGuard,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering},
     },
     time::Duration,
 };
@@ -19,7 +19,7 @@ use crate::{
     net::{frame, neighbour::Neighbours},
     socket::{Datapath, WsaError},
     xdp::Steering,
-    xsk::Xsk,
+    xsk::{Xsk, XskConfig},
 };
 
 /// Writes one frame into a TX buffer given (our MAC, next-hop MAC); returns its length.
@@ -27,10 +27,12 @@ type FrameBuilder<'a> = &'a dyn Fn(&mut [u8], [u8; 6], [u8; 6]) -> Result<usize,
 
 /// Facts about the served interface.
 pub(super) struct Interface {
+    pub name: String,
     pub ifindex: u32,
     pub mac: [u8; 6],
     pub mtu: u32,
     pub addrs: Vec<IpAddr>,
+    pub checksums: frame::Checksums,
 }
 
 /// How long a send waits for the kernel to resolve a missing neighbour.
@@ -39,12 +41,23 @@ const RESOLVE_TIMEOUT: Duration = Duration::from_secs(1);
 const TX_RETRIES: usize = 64;
 
 pub struct XdpDatapath {
+    name: String,
     ifindex: u32,
     mac: [u8; 6],
     mtu: usize,
     addrs: Vec<IpAddr>,
+    /// Whether received frames may carry partial checksums (veth).
+    pub(super) checksums: frame::Checksums,
     steering: Mutex<Steering>,
-    pub(super) xsks: Vec<Mutex<Xsk>>,
+    /// One slot per RX queue the interface could ever run (allocated at start); queues
+    /// `0..served` hold a bound socket, the rest `None`. Active queues are always numbered
+    /// from 0, so the served set is a prefix.
+    pub(super) xsks: Vec<Mutex<Option<Xsk>>>,
+    served: AtomicUsize,
+    /// Bumped whenever the served set changes, so drivers rebuild their per-queue state.
+    epoch: AtomicU64,
+    /// How sockets of queues bound later are made.
+    xsk_config: XskConfig,
     neighbours: Mutex<Neighbours>,
     running: Running,
     pub(super) counters: EngineCounters,
@@ -70,22 +83,31 @@ pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl XdpDatapath {
     pub(super) fn new(
         Interface {
+            name,
             ifindex,
             mac,
             mtu,
             addrs,
+            checksums,
         }: Interface,
         steering: Steering,
-        xsks: Vec<Mutex<Xsk>>,
+        xsks: Vec<Mutex<Option<Xsk>>>,
+        xsk_config: XskConfig,
         neighbours: Neighbours,
         waker: super::wake::Waker,
     ) -> Self {
+        let served = xsks.iter().take_while(|x| lock(x).is_some()).count();
         Self {
+            name,
             ifindex,
             mac,
             mtu: mtu as usize,
             addrs,
+            checksums,
             steering: Mutex::new(steering),
+            served: AtomicUsize::new(served),
+            epoch: AtomicU64::new(0),
+            xsk_config,
             queue_counters: xsks.iter().map(|_| QueueCounters::default()).collect(),
             tx_pending: xsks.iter().map(|_| AtomicBool::new(false)).collect(),
             waker,
@@ -113,8 +135,9 @@ impl XdpDatapath {
     /// Kick every queue with frames waiting on its TX ring.
     pub(super) fn kick_now(&self) {
         for (q, pending) in self.tx_pending.iter().enumerate() {
-            if pending.swap(false, Ordering::AcqRel) {
-                let mut xsk = lock(&self.xsks[q]);
+            if pending.swap(false, Ordering::AcqRel)
+                && let Some(xsk) = lock(&self.xsks[q]).as_mut()
+            {
                 if let Err(err) = xsk.flush() {
                     tracing::warn!(%err, queue = q, "TX kick failed");
                 }
@@ -150,6 +173,7 @@ impl XdpDatapath {
         for q in 0..self.xsks.len() as u32 {
             let _ = steering.clear_xsk(q);
         }
+        self.served.store(0, Ordering::Release);
         for key in steering.steered_keys() {
             let _ = steering.steer_remove(&key);
         }
@@ -162,15 +186,87 @@ impl XdpDatapath {
         self.ifindex
     }
 
+    /// The interface's name.
+    pub fn interface(&self) -> &str {
+        &self.name
+    }
+
+    /// The interface's addresses (read at start).
+    pub fn addrs(&self) -> &[IpAddr] {
+        &self.addrs
+    }
+
+    /// How many RX queues have a bound socket now (queues `0..n`); at least 1 for choosing a
+    /// TX queue.
+    pub(super) fn served_count(&self) -> usize {
+        self.served.load(Ordering::Acquire).max(1)
+    }
+
+    /// Changes whenever the served queue set changes.
+    pub(super) fn queue_epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Acquire)
+    }
+
+    /// Most queues this engine can serve (slots allocated at start).
+    pub(super) fn queue_capacity(&self) -> usize {
+        self.xsks.len()
+    }
+
+    /// Serve RX queues `0..target`: bind sockets on the queues that are new (registering each
+    /// in XSKS only once its fill ring is stocked) and release the ones beyond `target` (their
+    /// frames fall back to the kernel as soon as the XSKS entry is gone). Returns the queues
+    /// newly bound; on a bind failure it stops there and reports it with what was bound before.
+    pub(super) fn serve_queues(&self, target: usize) -> (Vec<u32>, Option<(u32, std::io::Error)>) {
+        let target = target.clamp(1, self.xsks.len());
+        let current = self.served.load(Ordering::Acquire);
+        let mut added = Vec::new();
+        let mut failure = None;
+        if target > current {
+            for q in current..target {
+                let queue = q as u32;
+                let bound = Xsk::new(self.ifindex, queue, &self.xsk_config).and_then(|xsk| {
+                    lock(&self.steering)
+                        .set_xsk(queue, &xsk.fd())
+                        .map_err(std::io::Error::other)?;
+                    Ok(xsk)
+                });
+                match bound {
+                    Ok(xsk) => {
+                        *lock(&self.xsks[q]) = Some(xsk);
+                        added.push(queue);
+                    }
+                    Err(err) => {
+                        failure = Some((queue, err));
+                        break;
+                    }
+                }
+            }
+            self.served.store(current + added.len(), Ordering::Release);
+        } else if target < current {
+            // Stop choosing the vanished queues for TX first, then unregister and close them.
+            self.served.store(target, Ordering::Release);
+            for q in target..current {
+                let _ = lock(&self.steering).clear_xsk(q as u32);
+                self.tx_pending[q].store(false, Ordering::Release);
+                lock(&self.xsks[q]).take();
+            }
+        }
+        if target != current {
+            self.epoch.fetch_add(1, Ordering::AcqRel);
+        }
+        (added, failure)
+    }
+
     pub(super) fn stats(&self, provider: &Provider) -> EngineStats {
         let xdp = lock(&self.steering).stats().unwrap_or_default();
         let queues = self
             .xsks
             .iter()
             .zip(&self.queue_counters)
-            .map(|(x, c)| {
+            .filter_map(|(x, c)| {
                 let x = lock(x);
-                QueueStats {
+                let x = x.as_ref()?;
+                Some(QueueStats {
                     queue: x.queue(),
                     rx_frames: c.rx_frames.load(Ordering::Relaxed),
                     tx_frames: c.tx_frames.load(Ordering::Relaxed),
@@ -178,10 +274,11 @@ impl XdpDatapath {
                     xsk: x.statistics().unwrap_or_default(),
                     pending_tx: x.pending_tx(),
                     free_tx_frames: x.free_tx_frames(),
-                }
+                })
             })
             .collect();
         EngineStats {
+            interface: None,
             xdp,
             queues,
             engine: self.counters.snapshot(),
@@ -202,7 +299,18 @@ impl XdpDatapath {
             return Err(WsaError::WSAENETDOWN);
         }
         let dst_mac = self.next_hop_mac(dst)?;
-        let mut xsk = lock(&self.xsks[q]);
+        let mut slot = lock(&self.xsks[q]);
+        if slot.is_none() {
+            // The queue was released between the choice and the lock; queue 0 serves while
+            // the engine runs.
+            drop(slot);
+            return if q == 0 {
+                Err(WsaError::WSAENETDOWN)
+            } else {
+                self.transmit(dst, 0, kick, build)
+            };
+        }
+        let xsk = slot.as_mut().expect("checked above");
         let mut built = Err(WsaError::WSAENOBUFS);
         for attempt in 0..TX_RETRIES {
             let ok = xsk.send_with(usize::MAX, |buf| match build(buf, self.mac, dst_mac) {
@@ -277,7 +385,7 @@ impl Datapath for XdpDatapath {
             return Err(WsaError::WSAEMSGSIZE);
         }
         // Spread senders over the queues by source port; any TX queue reaches the wire.
-        let q = src.port() as usize % self.xsks.len();
+        let q = src.port() as usize % self.served_count();
         self.transmit(dst.ip(), q, true, &|buf, mac, dst_mac| {
             frame::build_udp(buf, mac, dst_mac, None, src, dst, payload)
         })
@@ -288,7 +396,7 @@ impl Datapath for XdpDatapath {
         let ports = l4.get(..4).map_or(0, |p| {
             usize::from(u16::from_be_bytes([p[0], p[1]]) ^ u16::from_be_bytes([p[2], p[3]]))
         });
-        let q = ports % self.xsks.len();
+        let q = ports % self.served_count();
         self.transmit(dst, q, false, &|buf, mac, dst_mac| {
             frame::build_ip(buf, mac, dst_mac, None, src, dst, proto, l4)
         })

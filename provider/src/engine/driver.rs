@@ -31,6 +31,8 @@ pub struct Driver {
     cfg: EngineConfig,
     steps: Vec<QueueStep>,
     pollers: Vec<Poller>,
+    /// The datapath's queue epoch `steps` and `pollers` were built for.
+    epoch: u64,
     /// Cleared on drop so the engine can hand out another driver.
     taken: Arc<AtomicBool>,
 }
@@ -50,20 +52,43 @@ impl Driver {
         cfg: EngineConfig,
         taken: Arc<AtomicBool>,
     ) -> std::io::Result<Self> {
-        let pollers = dp
-            .xsks
-            .iter()
-            .map(|x| lock(x).poller())
-            .collect::<std::io::Result<Vec<_>>>()?;
-        let steps = (0..pollers.len() as u32).map(QueueStep::new).collect();
-        Ok(Self {
+        let mut driver = Self {
             dp,
             provider,
             cfg,
-            steps,
-            pollers,
+            steps: Vec::new(),
+            pollers: Vec::new(),
+            epoch: u64::MAX,
             taken,
-        })
+        };
+        driver.refresh()?;
+        Ok(driver)
+    }
+
+    /// Rebuild the per-queue state for the queues served now (after a channel change).
+    fn refresh(&mut self) -> std::io::Result<()> {
+        let epoch = self.dp.queue_epoch();
+        let pollers = self
+            .dp
+            .xsks
+            .iter()
+            .map_while(|x| lock(x).as_ref().map(|x| x.poller()))
+            .collect::<std::io::Result<Vec<_>>>()?;
+        let old = std::mem::take(&mut self.steps);
+        // Keep the steps of queues that stay (their batch buffers), add new ones.
+        self.steps = old.into_iter().take(pollers.len()).collect();
+        for q in self.steps.len()..pollers.len() {
+            self.steps.push(QueueStep::new(q as u32));
+        }
+        self.pollers = pollers;
+        self.epoch = epoch;
+        Ok(())
+    }
+
+    /// Changes when the served queues change (`ethtool -L` followed): [`fds`](Self::fds) then
+    /// lists other descriptors, and an event loop waiting on them must re-register.
+    pub fn queue_epoch(&self) -> u64 {
+        self.epoch
     }
 
     /// One batch on every queue: receive and deliver, reap TX completions, run due TCP timers.
@@ -72,6 +97,11 @@ impl Driver {
     pub fn poll(&mut self) -> Progress {
         if !self.dp.is_running() {
             return Progress::Idle { until: None };
+        }
+        if self.dp.queue_epoch() != self.epoch
+            && let Err(err) = self.refresh()
+        {
+            tracing::warn!(%err, "cannot poll a newly served queue; it is retried");
         }
         let mut busy = false;
         let mut until: Option<Instant> = None;

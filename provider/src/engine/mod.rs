@@ -6,8 +6,10 @@
 //! TX completions and sleeps in `poll` when idle — or, with [`Drive::Application`], leaves that
 //! work to a [`Driver`] the application polls from its own event loop. Application threads transmit through
 //! `XdpDatapath::send_udp`, which builds the frame in place in a UMEM frame under the queue's lock.
+mod channels;
 mod datapath;
 mod driver;
+mod preflight;
 mod queue;
 mod stats;
 mod wake;
@@ -24,7 +26,7 @@ use std::{
 
 pub use datapath::XdpDatapath;
 pub use driver::{Driver, Progress};
-pub use stats::{EngineCounters, EngineStats, QueueStats};
+pub use stats::{EngineCounters, EngineStats, InterfaceInfo, InterfaceStats, QueueStats};
 use thiserror::Error;
 
 use crate::{
@@ -34,14 +36,64 @@ use crate::{
     xsk::{Xsk, XskConfig},
 };
 
+/// Start one queue thread (Drive::Threads).
+fn spawn_queue_thread(
+    queue: u32,
+    dp: &Arc<XdpDatapath>,
+    prov: &Arc<Provider>,
+    cfg: &EngineConfig,
+) -> Result<JoinHandle<()>, EngineError> {
+    let (dp, prov, cfg) = (dp.clone(), prov.clone(), cfg.clone());
+    std::thread::Builder::new()
+        .name(format!("provider-q{queue}"))
+        .spawn(move || queue::run(queue, &dp, &prov, &cfg))
+        .map_err(|source| EngineError::Io {
+            what: "spawning a queue thread",
+            source,
+        })
+}
+
+/// Why the engine did not start (or a driver could not be made). Each message is one line that
+/// names the cause and the remedy.
 #[derive(Debug, Error)]
 pub enum EngineError {
-    #[error("interface {0:?} not found")]
+    #[error(
+        "interface {0} not found in this network namespace: `ip link show` lists the interfaces (for one in another namespace, run the provider under `ip netns exec NS`)"
+    )]
     NoInterface(String),
-    #[error("XDP: {0}")]
+    #[error(
+        "not permitted: the provider needs CAP_NET_ADMIN, CAP_NET_RAW and CAP_BPF (missing: {0}); run it as root, or grant them with `setcap cap_net_admin,cap_net_raw,cap_bpf,cap_perfmon+ep` on the binary"
+    )]
+    NotPermitted(String),
+    #[error("interface {0} is down: bring it up with `ip link set {0} up`")]
+    InterfaceDown(String),
+    #[error(
+        "interface {0} has no IP address: the provider serves the interface's own addresses; add one with `ip addr add ADDR/PREFIX dev {0}`"
+    )]
+    NoAddress(String),
+    #[error(
+        "interface {iface} already has XDP program id {prog_id} attached ({mode} mode): an interface runs one XDP program and the provider cannot share it (no --attach mode can); detach it with `ip link set dev {iface} xdp off` (`bpftool prog show id {prog_id}` names its owner) or serve another interface"
+    )]
+    XdpBusy {
+        iface: String,
+        prog_id: u32,
+        mode: &'static str,
+    },
+    #[error("{0}")]
+    BadQueues(String),
+    #[error("loading the XDP program: {0}")]
     Xdp(#[from] XdpError),
-    #[error("AF_XDP socket on queue {queue}: {source}")]
-    Xsk { queue: u32, source: io::Error },
+    #[error("attaching XDP to {iface}: {source}")]
+    Attach {
+        iface: String,
+        source: Box<XdpError>,
+    },
+    #[error("{message}")]
+    Xsk {
+        queue: u32,
+        message: String,
+        source: io::Error,
+    },
     #[error("the engine runs its own queue threads (EngineConfig::drive is Drive::Threads)")]
     NotApplicationDriven,
     #[error("a Driver for this engine already exists")]
@@ -51,6 +103,35 @@ pub enum EngineError {
         what: &'static str,
         source: io::Error,
     },
+}
+
+impl EngineError {
+    /// An AF_XDP bind failure on `queue`, with what the user can do about it.
+    fn xsk(iface: &str, queue: u32, active: Option<u32>, source: io::Error) -> Self {
+        let active_note = active.map_or(String::new(), |a| {
+            format!(
+                "; {iface} has {a} active RX queue{}",
+                if a == 1 { "" } else { "s" }
+            )
+        });
+        let message = match source.raw_os_error() {
+            Some(libc::EBUSY) => format!(
+                "AF_XDP bind to RX queue {queue} of {iface}: the queue is already served by another AF_XDP socket (another provider or AF_XDP program on {iface}?); stop it or serve other queues (--queues){active_note}"
+            ),
+            Some(libc::EINVAL) => format!(
+                "AF_XDP bind to RX queue {queue} of {iface} failed: {source}: the queue is not active{active_note} (`ethtool -l {iface}`)"
+            ),
+            Some(libc::EPERM) => format!(
+                "AF_XDP socket for RX queue {queue} of {iface}: {source}: needs CAP_NET_RAW (run as root)"
+            ),
+            _ => format!("AF_XDP socket on RX queue {queue} of {iface}: {source}{active_note}"),
+        };
+        EngineError::Xsk {
+            queue,
+            message,
+            source,
+        }
+    }
 }
 
 /// Who runs the per-queue work (receive, deliver, reap, TCP timers).
@@ -72,8 +153,15 @@ pub struct EngineConfig {
     pub interface: String,
     /// XDP attach mode (native with SKB fallback by default).
     pub attach: AttachMode,
-    /// Serve only the first `queues` RX queues (default: all of them).
+    /// Serve only the first `queues` RX queues (default: every *active* RX queue, following
+    /// channel changes). More than the interface has active is a start-up error.
     pub queues: Option<u32>,
+    /// Accept received TCP/UDP frames whose checksum field holds only the pseudo-header sum
+    /// (a local sender's offload-pending checksum). None (default): only on veth, where a
+    /// peer with `tx-checksumming on` (the default) sends nothing else.
+    pub partial_checksums: Option<bool>,
+    /// How often the active RX queue count is re-read to follow `ethtool -L` (None: never).
+    pub channel_check: Option<std::time::Duration>,
     /// AF_XDP ring and UMEM sizes, copy/zero-copy.
     pub xsk: XskConfig,
     /// Queue threads or an application-driven [`Driver`].
@@ -95,14 +183,26 @@ impl EngineConfig {
             interface: interface.into(),
             attach: AttachMode::Auto,
             queues: None,
+            channel_check: Some(std::time::Duration::from_secs(1)),
+            partial_checksums: None,
             xsk: XskConfig::default(),
             drive: Drive::Threads,
             busy_poll: false,
             rx_batch: 64,
             log_malformed: false,
-            provider: ProviderConfig::default(),
+            provider: link_sized_provider_config(),
         }
     }
+}
+
+/// The socket-table defaults with the TCP MSS left to the link: `Provider::new` clamps the
+/// configured MSS to what the MTU (and the UMEM frame) allow, so an unbounded value means "as
+/// large as the interface carries" — 1460 at MTU 1500, 8960 worth of jumbo clamped to a frame.
+fn link_sized_provider_config() -> ProviderConfig {
+    let mut config = ProviderConfig::default();
+    config.tcp.mss = u16::MAX;
+    config.tcp.mss_v6 = u16::MAX;
+    config
 }
 
 /// A running provider on one interface. Dropping it stops the queue threads, unregisters the
@@ -110,7 +210,11 @@ impl EngineConfig {
 pub struct Engine {
     provider: Arc<Provider>,
     datapath: Arc<XdpDatapath>,
-    threads: Vec<JoinHandle<()>>,
+    /// Queue threads (Drive::Threads); the channel monitor adds one per queue it binds.
+    threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    monitor: Option<JoinHandle<()>>,
+    channel_state: Arc<Mutex<channels::State>>,
+    info: InterfaceInfo,
     config: EngineConfig,
     /// A [`Driver`] exists (Drive::Application).
     driver_taken: Arc<AtomicBool>,
@@ -118,88 +222,134 @@ pub struct Engine {
 
 impl Engine {
     /// Start the datapath on `config.interface` and return the socket provider running over it.
-    pub fn start(config: EngineConfig) -> Result<Self, EngineError> {
-        let ifindex = neighbour::ifindex(&config.interface)
-            .map_err(|_| EngineError::NoInterface(config.interface.clone()))?;
-        let available = neighbour::num_rx_queues(&config.interface)
-            .map_err(|source| EngineError::Io {
-                what: "counting RX queues",
-                source,
-            })?
-            .max(1);
-        let nqueues = config.queues.map_or(available, |q| q.clamp(1, available));
-        let mac = neighbour::interface_mac(ifindex).map_err(|source| EngineError::Io {
-            what: "reading the interface MAC",
-            source,
-        })?;
-        let mtu = neighbour::interface_mtu(ifindex).map_err(|source| EngineError::Io {
-            what: "reading the interface MTU",
-            source,
-        })?;
-        let addrs: Vec<IpAddr> =
-            neighbour::interface_addrs(ifindex, false).map_err(|source| EngineError::Io {
-                what: "reading interface addresses",
-                source,
-            })?;
+    ///
+    /// Every failure is one line naming the cause and the remedy ([`EngineError`]); nothing is
+    /// left attached when it fails.
+    pub fn start(mut config: EngineConfig) -> Result<Self, EngineError> {
+        let plan = preflight::check(&config)?;
+        let iface = config.interface.clone();
+        config.xsk.frame_size = plan.frame_size;
 
         let mut steering = Steering::load_with(config.log_malformed)?;
-        let mut xsks = Vec::with_capacity(nqueues as usize);
-        for queue in 0..nqueues {
-            let xsk = Xsk::new(ifindex, queue, &config.xsk)
-                .map_err(|source| EngineError::Xsk { queue, source })?;
+        let xsks: Vec<Mutex<Option<Xsk>>> = (0..plan.capacity).map(|_| Mutex::new(None)).collect();
+        for queue in 0..plan.serve {
+            let xsk = match Xsk::new(plan.ifindex, queue, &config.xsk) {
+                Ok(xsk) => xsk,
+                // Without channel counts the active queues are found the kernel's way: binding
+                // at or above real_num_rx_queues fails with EINVAL.
+                Err(e)
+                    if plan.channels.is_none()
+                        && queue > 0
+                        && e.raw_os_error() == Some(libc::EINVAL) =>
+                {
+                    tracing::info!(
+                        interface = %iface,
+                        queues = queue,
+                        "the driver reports no channel counts; serving the RX queues that accept an AF_XDP socket"
+                    );
+                    break;
+                }
+                Err(source) => {
+                    let active = plan.channels.map(|c| c.active_rx());
+                    return Err(EngineError::xsk(&iface, queue, active, source));
+                }
+            };
             steering.set_xsk(queue, &xsk.fd())?;
-            xsks.push(Mutex::new(xsk));
+            *datapath::lock(&xsks[queue as usize]) = Some(xsk);
         }
+        let nqueues = xsks
+            .iter()
+            .take_while(|x| datapath::lock(x).is_some())
+            .count() as u32;
         // Attach last: by now every queue has a socket with a stocked fill ring.
-        let mode = steering.attach(crate::xdp::Prog::Steer, ifindex, config.attach)?;
-        tracing::info!(interface = %config.interface, ifindex, queues = nqueues, ?mode, "datapath up");
+        let mode = steering
+            .attach(crate::xdp::Prog::Steer, plan.ifindex, config.attach)
+            .map_err(|source| EngineError::Attach {
+                iface: iface.clone(),
+                source: Box::new(source),
+            })?;
+        tracing::info!(interface = %iface, ifindex = plan.ifindex, queues = nqueues, ?mode, mtu = plan.mtu, "datapath up");
 
-        let neighbours = neighbour::Neighbours::new(ifindex).map_err(|source| EngineError::Io {
-            what: "opening rtnetlink",
-            source,
-        })?;
+        let neighbours =
+            neighbour::Neighbours::new(plan.ifindex).map_err(|source| EngineError::Io {
+                what: "opening rtnetlink",
+                source,
+            })?;
         let waker = wake::Waker::new().map_err(|source| EngineError::Io {
             what: "creating the timer eventfd",
             source,
         })?;
         let interface = datapath::Interface {
-            ifindex,
-            mac,
-            mtu,
-            addrs,
+            name: iface.clone(),
+            ifindex: plan.ifindex,
+            mac: plan.mac,
+            mtu: plan.mtu,
+            addrs: plan.addrs.clone(),
+            checksums: plan.checksums,
         };
         let datapath = Arc::new(XdpDatapath::new(
-            interface, steering, xsks, neighbours, waker,
+            interface, steering, xsks, config.xsk, neighbours, waker,
         ));
+        // The engine derives the MSS from the MTU it can receive (`Provider::new` clamps the
+        // configured bound to the link).
         let provider = Arc::new(Provider::new(datapath.clone(), config.provider.clone()));
         let running = datapath.running_flag();
-        let mut threads = Vec::new();
-        let nthreads = if config.drive == Drive::Threads {
-            nqueues
-        } else {
-            0
-        };
-        for queue in 0..nthreads {
-            let dp = datapath.clone();
-            let prov = provider.clone();
-            let cfg = config.clone();
-            let handle = std::thread::Builder::new()
-                .name(format!("provider-q{queue}"))
-                .spawn(move || queue::run(queue, &dp, &prov, &cfg))
-                .map_err(|source| EngineError::Io {
-                    what: "spawning a queue thread",
-                    source,
-                })?;
-            threads.push(handle);
+        let threads = Arc::new(Mutex::new(Vec::new()));
+        if config.drive == Drive::Threads {
+            for queue in 0..nqueues {
+                let handle = spawn_queue_thread(queue, &datapath, &provider, &config)?;
+                datapath::lock(&threads).push(handle);
+            }
         }
+        let info = InterfaceInfo {
+            name: iface,
+            ifindex: plan.ifindex,
+            attach_mode: format!("{mode:?}"),
+            link_mtu: plan.link.mtu,
+            mtu: plan.mtu,
+            frame_size: plan.frame_size,
+            allocated_rx_queues: plan.link.allocated_rx_queues,
+            channels: plan.channels,
+            driver: plan.driver.clone(),
+            partial_checksums: plan.checksums == crate::net::frame::Checksums::AcceptPartial,
+        };
+        let monitor = channels::Monitor::new(
+            datapath.clone(),
+            provider.clone(),
+            config.clone(),
+            threads.clone(),
+            plan.channels.is_some(),
+        );
+        let channel_state = monitor.state();
+        let monitor = if plan.channels.is_some() && config.channel_check.is_some() {
+            Some(monitor.spawn().map_err(|source| EngineError::Io {
+                what: "spawning the channel monitor",
+                source,
+            })?)
+        } else {
+            None
+        };
         debug_assert!(running.load(Ordering::Relaxed));
         Ok(Self {
             provider,
             datapath,
             threads,
+            monitor,
+            channel_state,
+            info,
             config,
             driver_taken: Arc::new(AtomicBool::new(false)),
         })
+    }
+
+    /// The interface as the engine found and serves it.
+    pub fn interface(&self) -> &InterfaceInfo {
+        &self.info
+    }
+
+    /// The addresses of the interface the provider serves.
+    pub fn addresses(&self) -> &[IpAddr] {
+        self.datapath.addrs()
     }
 
     /// The queue work to run from the application's event loop (`Drive::Application` only;
@@ -234,7 +384,17 @@ impl Engine {
 
     /// Counters from every layer.
     pub fn stats(&self) -> EngineStats {
-        self.datapath.stats(&self.provider)
+        let mut stats = self.datapath.stats(&self.provider);
+        let state = datapath::lock(&self.channel_state).clone();
+        stats.interface = Some(InterfaceStats {
+            info: self.info.clone(),
+            served_queues: self.datapath.served_count() as u32,
+            active_rx_queues: state.active.or(self.info.channels.map(|c| c.active_rx())),
+            follows_channels: self.monitor.is_some(),
+            queue_changes: state.changes,
+            last_change: state.last_message,
+        });
+        stats
     }
 
     /// Stop the queue threads and detach. Sockets still open get WSAENETDOWN from then on.
@@ -246,7 +406,11 @@ impl Engine {
         self.datapath.set_down();
         // An application-driven loop asleep on the eventfd notices at once.
         self.datapath.waker.wake();
-        for t in self.threads.drain(..) {
+        if let Some(m) = self.monitor.take() {
+            let _ = m.join();
+        }
+        let threads: Vec<_> = datapath::lock(&self.threads).drain(..).collect();
+        for t in threads {
             let _ = t.join();
         }
         self.datapath.detach();

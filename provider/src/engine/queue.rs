@@ -54,7 +54,11 @@ impl QueueStep {
     ) -> Progress {
         let queue = self.queue as usize;
         let n = {
-            let mut xsk = lock(&dp.xsks[queue]);
+            let mut slot = lock(&dp.xsks[queue]);
+            // A released queue (channel change) has no socket: nothing to receive.
+            let Some(xsk) = slot.as_mut() else {
+                return Progress::Idle { until: None };
+            };
             let tcp = &mut self.tcp;
             let n = xsk.recv_batch(cfg.rx_batch, |f| handle_frame(dp, provider, f, tcp));
             xsk.reap_completions();
@@ -99,15 +103,17 @@ impl QueueStep {
 /// The queue thread: step, and sleep in `poll` (without the queue lock, so senders can use the
 /// TX ring meanwhile) when idle.
 pub(super) fn run(queue: u32, dp: &XdpDatapath, provider: &Provider, cfg: &EngineConfig) {
-    let poller = match lock(&dp.xsks[queue as usize]).poller() {
-        Ok(p) => p,
-        Err(err) => {
+    let poller = match lock(&dp.xsks[queue as usize]).as_ref().map(|x| x.poller()) {
+        Some(Ok(p)) => p,
+        Some(Err(err)) => {
             tracing::error!(queue, %err, "cannot poll the AF_XDP socket; queue thread stops");
             return;
         }
+        None => return,
     };
     let mut step = QueueStep::new(queue);
-    while dp.is_running() {
+    // Queue 0 runs the timers and is never released while the engine runs.
+    while dp.is_running() && (queue == 0 || (queue as usize) < dp.served_count()) {
         let Progress::Idle { until } = step.poll(dp, provider, cfg) else {
             continue;
         };
@@ -142,8 +148,13 @@ struct TcpBatch {
 }
 
 fn handle_frame(dp: &XdpDatapath, provider: &Provider, bytes: &[u8], tcp: &mut TcpBatch) {
-    let parsed = match frame::parse(bytes) {
-        Ok(p) => p,
+    let parsed = match frame::parse_with(bytes, dp.checksums) {
+        Ok(p) => {
+            if p.partial_checksum {
+                dp.counters.add_partial_checksum();
+            }
+            p
+        }
         Err(ParseError::BadChecksum) => return dp.counters.add_bad_checksum(),
         Err(_) => return dp.counters.add_malformed(),
     };

@@ -12,6 +12,7 @@ pub struct EngineCounters {
     rx_udp: AtomicU64,
     rx_malformed: AtomicU64,
     rx_bad_checksum: AtomicU64,
+    rx_partial_checksum: AtomicU64,
     rx_no_socket: AtomicU64,
     rx_unhandled_proto: AtomicU64,
     tx_frames: AtomicU64,
@@ -24,6 +25,8 @@ pub struct EngineCounterSnapshot {
     pub rx_udp: u64,
     pub rx_malformed: u64,
     pub rx_bad_checksum: u64,
+    /// Accepted with a partial (offload-pending) checksum from a veth peer.
+    pub rx_partial_checksum: u64,
     pub rx_no_socket: u64,
     pub rx_unhandled_proto: u64,
     pub tx_frames: u64,
@@ -42,6 +45,9 @@ impl EngineCounters {
     pub(super) fn add_bad_checksum(&self) {
         self.rx_bad_checksum.fetch_add(1, Relaxed);
     }
+    pub(super) fn add_partial_checksum(&self) {
+        self.rx_partial_checksum.fetch_add(1, Relaxed);
+    }
     pub(super) fn add_no_socket(&self) {
         self.rx_no_socket.fetch_add(1, Relaxed);
     }
@@ -58,6 +64,7 @@ impl EngineCounters {
             rx_udp: self.rx_udp.load(Relaxed),
             rx_malformed: self.rx_malformed.load(Relaxed),
             rx_bad_checksum: self.rx_bad_checksum.load(Relaxed),
+            rx_partial_checksum: self.rx_partial_checksum.load(Relaxed),
             rx_no_socket: self.rx_no_socket.load(Relaxed),
             rx_unhandled_proto: self.rx_unhandled_proto.load(Relaxed),
             tx_frames: self.tx_frames.load(Relaxed),
@@ -84,9 +91,51 @@ pub struct QueueStats {
     pub free_tx_frames: usize,
 }
 
+/// The interface as the engine found it at start.
+#[derive(Clone, Debug, Serialize)]
+pub struct InterfaceInfo {
+    pub name: String,
+    pub ifindex: u32,
+    /// XDP attach mode in effect (`Driver` = native, `Skb` = generic).
+    pub attach_mode: String,
+    /// The link's MTU, and the one the engine works with (smaller when a UMEM frame cannot
+    /// hold the link's: the TCP MSS and UDP sizes follow it).
+    pub link_mtu: u32,
+    pub mtu: u32,
+    pub frame_size: u32,
+    /// RX queues the device allocated (`IFLA_NUM_RX_QUEUES`).
+    pub allocated_rx_queues: u32,
+    /// `ethtool -l` at start (None: the driver reports no channels).
+    pub channels: Option<crate::net::ethtool::Channels>,
+    /// The driver (`ethtool -i`), if it says.
+    pub driver: Option<String>,
+    /// Partial (offload-pending) transport checksums are accepted (veth).
+    pub partial_checksums: bool,
+}
+
+/// Which queues are served, and how the served set followed channel changes.
+#[derive(Clone, Debug, Serialize)]
+pub struct InterfaceStats {
+    #[serde(flatten)]
+    pub info: InterfaceInfo,
+    /// RX queues served now: queues 0..served_queues.
+    pub served_queues: u32,
+    /// Active RX queues at the last check.
+    pub active_rx_queues: Option<u32>,
+    /// A monitor re-reads the channel counts and follows them.
+    pub follows_channels: bool,
+    /// Changes of the served set since start.
+    pub queue_changes: u64,
+    /// What the last change (or failed change) was.
+    pub last_change: Option<String>,
+}
+
 /// Everything at once: XDP verdicts, rings, engine and socket table.
 #[derive(Clone, Debug, Serialize)]
 pub struct EngineStats {
+    /// Absent when the datapath alone is asked (no engine around it).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub interface: Option<InterfaceStats>,
     pub xdp: VerdictCounters,
     pub queues: Vec<QueueStats>,
     pub engine: EngineCounterSnapshot,

@@ -68,6 +68,9 @@ pub struct Parsed<'a> {
     pub l4: &'a [u8],
     /// The transport payload (UDP: up to the UDP length; TCP: the segment data).
     pub payload: &'a [u8],
+    /// The TCP/UDP checksum field held only the pseudo-header sum (a partial checksum a
+    /// local sender left for offload) and [`Checksums::AcceptPartial`] accepted it.
+    pub partial_checksum: bool,
 }
 
 impl<'a> Parsed<'a> {
@@ -91,11 +94,39 @@ impl<'a> Parsed<'a> {
     }
 }
 
+/// How strictly [`parse_with`] treats the TCP/UDP checksum.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Checksums {
+    /// Every checksum must be complete and correct (frames from a wire).
+    #[default]
+    Verify,
+    /// Also accept a transport checksum field that holds exactly the pseudo-header sum: what a
+    /// Linux sender with checksum offload leaves for the NIC to finish (`CHECKSUM_PARTIAL`). A
+    /// veth hands such frames to XDP as they are, because nothing between the two ends ever
+    /// computes the checksum; on a veth the bytes never crossed a wire either.
+    AcceptPartial,
+}
+
 /// Parses a received frame: Ethernet (one optional 802.1Q tag), IPv4 (any IHL, not a fragment) or
 /// IPv6 (no extension headers), then TCP or UDP. Verifies the IPv4 header checksum and the TCP/UDP
 /// checksum (a zero UDP checksum means "none" over IPv4 and is invalid over IPv6). Trailing bytes
 /// beyond the IP length (Ethernet padding) are ignored. Never panics.
 pub fn parse(frame: &[u8]) -> Result<Parsed<'_>, ParseError> {
+    parse_with(frame, Checksums::Verify)
+}
+
+/// The pseudo-header sum as a sender with checksum offload stores it in the checksum field
+/// (`~csum_tcpudp_magic(.., 0)` in Linux): the folded sum, not complemented. 0 and 0xffff are the
+/// same one's-complement value.
+fn is_partial(field: u16, pseudo: u32) -> bool {
+    let p = checksum::fold(u64::from(pseudo));
+    field == p || (field, p) == (0, 0xffff) || (field, p) == (0xffff, 0)
+}
+
+/// [`parse`] with a choice of checksum strictness.
+pub fn parse_with(frame: &[u8], checksums: Checksums) -> Result<Parsed<'_>, ParseError> {
+    let partial_ok = checksums == Checksums::AcceptPartial;
+    let mut partial = false;
     let eth = Ethernet::new_checked(frame)?;
     let ip_buf = &frame[eth.header_len()..];
     let (l3, proto, seg): (L3, u8, &[u8]) = match eth.ethertype() {
@@ -129,23 +160,19 @@ pub fn parse(frame: &[u8]) -> Result<Parsed<'_>, ParseError> {
         PROTO_UDP => {
             let u = Udp::new_checked(seg)?;
             let len = u.len();
+            let pseudo = match l3 {
+                L3::V4 { src, dst } => checksum::pseudo_v4(src, dst, PROTO_UDP, len),
+                L3::V6 { src, dst } => checksum::pseudo_v6(src, dst, PROTO_UDP, u32::from(len)),
+            };
             let ok = match l3 {
-                L3::V4 { src, dst } => {
-                    u.checksum() == 0
-                        || u.verify_checksum(checksum::pseudo_v4(src, dst, PROTO_UDP, len))
-                }
-                L3::V6 { src, dst } => {
-                    u.checksum() != 0
-                        && u.verify_checksum(checksum::pseudo_v6(
-                            src,
-                            dst,
-                            PROTO_UDP,
-                            u32::from(len),
-                        ))
-                }
+                L3::V4 { .. } => u.checksum() == 0 || u.verify_checksum(pseudo),
+                L3::V6 { .. } => u.checksum() != 0 && u.verify_checksum(pseudo),
             };
             if !ok {
-                return Err(ParseError::BadChecksum);
+                if !(partial_ok && is_partial(u.checksum(), pseudo)) {
+                    return Err(ParseError::BadChecksum);
+                }
+                partial = true;
             }
             (
                 u.src_port(),
@@ -162,7 +189,10 @@ pub fn parse(frame: &[u8]) -> Result<Parsed<'_>, ParseError> {
                 L3::V6 { src, dst } => checksum::pseudo_v6(src, dst, PROTO_TCP, seg.len() as u32),
             };
             if !t.verify_checksum(pseudo) {
-                return Err(ParseError::BadChecksum);
+                if !(partial_ok && is_partial(t.checksum(), pseudo)) {
+                    return Err(ParseError::BadChecksum);
+                }
+                partial = true;
             }
             let hl = t.header_len();
             (t.src_port(), t.dst_port(), &seg[..hl], &seg[hl..])
@@ -179,6 +209,7 @@ pub fn parse(frame: &[u8]) -> Result<Parsed<'_>, ParseError> {
         dst_port,
         l4,
         payload,
+        partial_checksum: partial,
     })
 }
 
@@ -464,6 +495,40 @@ mod tests {
                     }
                 }
             }
+        }
+    }
+
+    #[test]
+    fn partial_checksums_are_accepted_only_when_asked() {
+        for (v6, proto, vlan, f) in frames() {
+            let l3 = if vlan.is_some() { 18 } else { 14 };
+            let l4 = l3 + if v6 { 40 } else { 20 };
+            let ck = l4 + if proto == PROTO_UDP { 6 } else { 16 };
+            let seg_len = f.len() - l4;
+            let pseudo = if v6 {
+                checksum::pseudo_v6(A6.into(), B6.into(), proto, seg_len as u32)
+            } else {
+                checksum::pseudo_v4(A4.into(), B4.into(), proto, seg_len as u16)
+            };
+            // What a Linux sender with checksum offload leaves in the field: the folded
+            // pseudo-header sum, not complemented.
+            let mut g = f.clone();
+            g[ck..ck + 2].copy_from_slice(&checksum::fold(u64::from(pseudo)).to_be_bytes());
+            assert_eq!(parse(&g), Err(ParseError::BadChecksum));
+            let p = parse_with(&g, Checksums::AcceptPartial).expect("partial accepted");
+            assert!(p.partial_checksum);
+            assert_eq!(p.payload, b"the quick brown fox");
+            // A complete checksum is not "partial"; anything else is still refused.
+            assert!(
+                !parse_with(&f, Checksums::AcceptPartial)
+                    .unwrap()
+                    .partial_checksum
+            );
+            g[ck + 1] ^= 1;
+            assert_eq!(
+                parse_with(&g, Checksums::AcceptPartial),
+                Err(ParseError::BadChecksum)
+            );
         }
     }
 

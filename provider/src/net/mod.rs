@@ -10,6 +10,7 @@
 
 pub mod checksum;
 pub mod ethernet;
+pub mod ethtool;
 pub mod frame;
 pub mod ipv4;
 pub mod ipv6;
@@ -22,7 +23,8 @@ pub use frame::{BuildError, L3, Parsed, build_udp, parse, udp_header_overhead};
 pub use ipv4::Ipv4;
 pub use ipv6::Ipv6;
 pub use neighbour::{
-    Neighbours, ifindex, interface_addrs, interface_mac, interface_mtu, num_rx_queues,
+    AttachedXdp, LinkFacts, Neighbours, ifindex, interface_addrs, interface_mac, interface_mtu,
+    link_facts,
 };
 pub use tcp::{Tcp, TcpFlags};
 pub use udp::Udp;

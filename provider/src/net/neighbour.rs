@@ -485,19 +485,73 @@ pub fn ifindex(name: &str) -> io::Result<u32> {
     }
 }
 
-/// The number of RX queues of interface `name` in the calling thread's network namespace.
-pub fn num_rx_queues(name: &str) -> io::Result<u32> {
-    // rtnetlink (IFLA_NUM_RX_QUEUES) answers for the calling thread's network namespace; sysfs
-    // would answer for the namespace /sys was mounted in.
-    let index = ifindex(name)?;
-    let link = Rtnl::new()?.link(index)?;
-    link.attributes
-        .iter()
-        .find_map(|a| match a {
-            LinkAttribute::NumRxQueues(n) => Some(*n),
-            _ => None,
-        })
-        .ok_or_else(|| invalid("interface reports no RX queue count"))
+/// An XDP program already attached to an interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttachedXdp {
+    /// The program's id (`bpftool prog show id N`).
+    pub prog_id: u32,
+    /// "native", "skb", "hw" or "multi".
+    pub mode: &'static str,
+}
+
+/// What the engine checks about an interface before it starts, from one `RTM_GETLINK`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinkFacts {
+    /// Administratively up (`IFF_UP`).
+    pub up: bool,
+    /// Carrier present (`IFF_LOWER_UP`); a veth whose peer is down is up without carrier.
+    pub carrier: bool,
+    pub mtu: u32,
+    /// RX queues allocated (`IFLA_NUM_RX_QUEUES`): the most `ethtool -L` can make active.
+    pub allocated_rx_queues: u32,
+    /// The XDP program attached now, if any.
+    pub xdp: Option<AttachedXdp>,
+}
+
+/// The facts of interface `ifindex` in the calling thread's network namespace (rtnetlink answers
+/// there; sysfs would answer for the namespace /sys was mounted in).
+pub fn link_facts(ifindex: u32) -> io::Result<LinkFacts> {
+    use netlink_packet_route::link::{LinkFlags, LinkXdp, XdpAttached};
+    let link = Rtnl::new()?.link(ifindex)?;
+    let flags = link.header.flags;
+    let mut facts = LinkFacts {
+        up: flags.contains(LinkFlags::Up),
+        carrier: flags.contains(LinkFlags::LowerUp),
+        mtu: 0,
+        allocated_rx_queues: 1,
+        xdp: None,
+    };
+    for a in &link.attributes {
+        match a {
+            LinkAttribute::Mtu(m) => facts.mtu = *m,
+            LinkAttribute::NumRxQueues(n) => facts.allocated_rx_queues = (*n).max(1),
+            LinkAttribute::Xdp(xdp) => {
+                let mode = xdp.iter().find_map(|x| match x {
+                    LinkXdp::Attached(XdpAttached::Driver) => Some("native"),
+                    LinkXdp::Attached(XdpAttached::SocketBuffer) => Some("skb"),
+                    LinkXdp::Attached(XdpAttached::Hardware) => Some("hw"),
+                    LinkXdp::Attached(XdpAttached::Multiple) => Some("multi"),
+                    _ => None,
+                });
+                let prog_id = xdp.iter().find_map(|x| match x {
+                    LinkXdp::ProgId(id) | LinkXdp::DrvProgId(id) | LinkXdp::SkbProgId(id)
+                        if *id != 0 =>
+                    {
+                        Some(*id)
+                    }
+                    _ => None,
+                });
+                if let (Some(mode), Some(prog_id)) = (mode, prog_id) {
+                    facts.xdp = Some(AttachedXdp { prog_id, mode });
+                }
+            }
+            _ => {}
+        }
+    }
+    if facts.mtu == 0 {
+        return Err(invalid("interface reports no MTU"));
+    }
+    Ok(facts)
 }
 
 #[cfg(test)]
@@ -529,8 +583,8 @@ mod tests {
     fn bad_names() {
         assert!(ifindex("no-such-if-xyz").is_err());
         assert!(ifindex("a\0b").is_err());
-        assert!(num_rx_queues("../etc").is_err());
-        assert!(num_rx_queues("").is_err());
+        assert!(ifindex("../etc").is_err());
+        assert!(ifindex("").is_err());
     }
 
     /// Two namespaces joined by a veth pair, deleted on drop (also when a test panics).
@@ -660,7 +714,8 @@ mod tests {
     #[test]
     #[ignore = "needs root and network namespaces"]
     fn resolves_through_the_kernel_in_a_veth_lab() {
-        assert!(num_rx_queues("lo").unwrap() >= 1);
+        let lo = link_facts(ifindex("lo").unwrap()).unwrap();
+        assert!(lo.allocated_rx_queues >= 1 && lo.up && lo.xdp.is_none());
         let lab = Lab::new();
         let mac_a = lab.mac_of(&lab.a, &lab.if_a);
         let mac_b = lab.mac_of(&lab.b, &lab.if_b);
