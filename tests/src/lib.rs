@@ -9,6 +9,8 @@ use std::{
 };
 
 use anyhow::{Context, Result, bail};
+
+pub mod transfer;
 use xtask::lab::Lab;
 
 /// Path of the `provider` binary next to the test executable (`cargo xtask test` builds it).
@@ -309,4 +311,98 @@ pub fn start_engine(
     })
     .join()
     .unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
+
+/// What a `provider` run that was expected to end by itself left behind.
+#[derive(Debug)]
+pub struct Finished {
+    pub status: std::process::ExitStatus,
+    pub stdout: String,
+    /// With ANSI colours stripped.
+    pub stderr: String,
+}
+
+/// Run `provider <args…>` in the lab's provider namespace (through `wrap`, e.g. `setpriv …`,
+/// when given) and wait at most `timeout` for it to exit; killed (by PID) if it does not.
+pub fn run_provider(lab: &Lab, wrap: &[&str], args: &[&str], timeout: Duration) -> Finished {
+    let mut cmd = match wrap.split_first() {
+        Some((first, rest)) => {
+            let mut c = lab.provider_cmd(first);
+            c.args(rest).arg(provider_bin());
+            c
+        }
+        None => lab.provider_cmd(provider_bin()),
+    };
+    let mut child = cmd
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn provider");
+    let deadline = std::time::Instant::now() + timeout;
+    while child.try_wait().expect("try_wait").is_none() {
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("wait");
+            panic!(
+                "provider {args:?} did not exit within {timeout:?}; stderr: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let out = child.wait_with_output().expect("wait");
+    Finished {
+        status: out.status,
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: strip_ansi(&String::from_utf8_lossy(&out.stderr)),
+    }
+}
+
+/// `s` without ANSI escape sequences (tracing colours its output).
+pub fn strip_ansi(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut chars = s.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            // CSI: ESC [ parameters… final byte in 0x40..=0x7e.
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if ('\u{40}'..='\u{7e}').contains(&c) {
+                        break;
+                    }
+                }
+            }
+            continue;
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The id of the XDP program attached to the lab's provider interface, if any (`ip link`).
+pub fn attached_xdp_prog(lab: &Lab) -> Option<u32> {
+    let out = lab
+        .exec_ok(
+            &lab.provider_ns,
+            &["ip", "-d", "link", "show", "dev", &lab.provider_if],
+        )
+        .expect("ip link show");
+    let rest = out.split("prog/xdp id ").nth(1)?;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_ansi;
+
+    #[test]
+    fn ansi_colours_are_stripped() {
+        assert_eq!(
+            strip_ansi("\u{1b}[2m2026\u{1b}[0m \u{1b}[33m WARN\u{1b}[0m x"),
+            "2026  WARN x"
+        );
+        assert_eq!(strip_ansi("plain"), "plain");
+    }
 }

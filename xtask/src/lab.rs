@@ -69,6 +69,13 @@ pub struct LabConfig {
     pub queues: u32,
     /// MTU of both veth ends. Default 1500.
     pub mtu: u32,
+    /// Make the veth pair the plain way a user would — a bare `ip link add … type veth` (the
+    /// kernel then allocates one queue per CPU and activates one), no offloads turned off —
+    /// instead of the lab's matched queue counts and offloads off. `queues` is ignored.
+    pub plain: bool,
+    /// After creating the pair, activate this many RX and TX queues on both ends
+    /// (`ethtool -L IF rx N tx N`): fewer active than allocated, as on server NICs.
+    pub active_queues: Option<u32>,
     /// Keep the namespaces when the [`Lab`] is dropped, and record no owner so
     /// [`lab_guard_cleanup_stale`] leaves it alone (used by `cargo xtask lab up`).
     /// Default: false, or true if `PROVIDER_LAB_KEEP=1` (to inspect a failed test's lab).
@@ -81,6 +88,8 @@ impl Default for LabConfig {
             name: unique_name(),
             queues: 1,
             mtu: 1500,
+            plain: false,
+            active_queues: None,
             keep: std::env::var("PROVIDER_LAB_KEEP").is_ok_and(|v| v == "1"),
         }
     }
@@ -145,6 +154,12 @@ pub struct Lab {
     pub prefix_v6: u8,
     pub queues: u32,
     pub mtu: u32,
+    /// Made the plain way ([`LabConfig::plain`]).
+    #[serde(default)]
+    pub plain: bool,
+    /// Queues activated with `ethtool -L` ([`LabConfig::active_queues`]).
+    #[serde(default)]
+    pub active_queues: Option<u32>,
     pub keep: bool,
     #[serde(skip)]
     torn_down: AtomicBool,
@@ -265,6 +280,8 @@ impl Lab {
             prefix_v6: PREFIX_V6,
             queues: cfg.queues,
             mtu: cfg.mtu,
+            plain: cfg.plain,
+            active_queues: cfg.active_queues,
             keep: cfg.keep,
             torn_down: AtomicBool::new(false),
             name,
@@ -308,13 +325,27 @@ impl Lab {
         ip(&["netns", "add", k])?;
         // Created inside the provider namespace, peer end straight into the peer namespace:
         // nothing ever appears in the host namespace.
-        #[rustfmt::skip]
-        ip(&[
-            "-n", p, "link", "add", "name", pif, "mtu", &mtu,
-            "numtxqueues", &q, "numrxqueues", &q,
-            "type", "veth", "peer", "name", kif, "mtu", &mtu,
-            "numtxqueues", &q, "numrxqueues", &q, "netns", k,
-        ])?;
+        if self.plain {
+            #[rustfmt::skip]
+            ip(&["-n", p, "link", "add", "name", pif, "type", "veth", "peer", "name", kif, "netns", k])?;
+            if self.mtu != 1500 {
+                ip(&["-n", p, "link", "set", pif, "mtu", &mtu])?;
+                ip(&["-n", k, "link", "set", kif, "mtu", &mtu])?;
+            }
+        } else {
+            #[rustfmt::skip]
+            ip(&[
+                "-n", p, "link", "add", "name", pif, "mtu", &mtu,
+                "numtxqueues", &q, "numrxqueues", &q,
+                "type", "veth", "peer", "name", kif, "mtu", &mtu,
+                "numtxqueues", &q, "numrxqueues", &q, "netns", k,
+            ])?;
+        }
+        if let Some(n) = self.active_queues {
+            let n = n.to_string();
+            ns_run(p, &["ethtool", "-L", pif, "rx", &n, "tx", &n])?;
+            ns_run(k, &["ethtool", "-L", kif, "rx", &n, "tx", &n])?;
+        }
         for (ns, ifname, v4, v6) in [
             (p, pif, self.provider_v4, self.provider_v6),
             (k, kif, self.peer_v4, self.peer_v6),
@@ -356,19 +387,22 @@ impl Lab {
             ])?;
         }
         // We build our own checksums and want real-sized segments: no offloads that would
-        // leave partial checksums or 64 KB super-segments (DESIGN §10).
-        ns_run(
-            k,
-            &[
-                "ethtool", "-K", kif, "tx", "off", "tso", "off", "gso", "off", "gro", "off",
-            ],
-        )?;
-        ns_run(
-            p,
-            &[
-                "ethtool", "-K", pif, "tx", "off", "tso", "off", "gso", "off",
-            ],
-        )?;
+        // leave partial checksums or 64 KB super-segments (DESIGN §10). A plain lab keeps the
+        // kernel's defaults, as users do.
+        if !self.plain {
+            ns_run(
+                k,
+                &[
+                    "ethtool", "-K", kif, "tx", "off", "tso", "off", "gso", "off", "gro", "off",
+                ],
+            )?;
+            ns_run(
+                p,
+                &[
+                    "ethtool", "-K", pif, "tx", "off", "tso", "off", "gso", "off",
+                ],
+            )?;
+        }
         let (lo, hi) = PROVIDER_EPHEMERAL_PORTS;
         ns_run(
             p,
@@ -494,6 +528,8 @@ impl Lab {
             prefix_v6: self.prefix_v6,
             queues: self.queues,
             mtu: self.mtu,
+            plain: self.plain,
+            active_queues: self.active_queues,
             keep: self.keep,
             torn_down: AtomicBool::new(true),
         }

@@ -309,6 +309,7 @@ fn lab_cmd(cmd: LabCmd) -> Result<()> {
                 queues,
                 mtu,
                 keep: true,
+                ..LabConfig::default()
             };
             let l = Lab::up(&cfg)?;
             println!("lab {} is up (queues {}, mtu {})", l.name, l.queues, l.mtu);
