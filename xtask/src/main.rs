@@ -195,6 +195,12 @@ enum LabCmd {
         queues: u32,
         #[arg(long, default_value_t = 1500)]
         mtu: u32,
+        /// Make the veth the plain way (bare `ip link add`, offloads on; --queues ignored).
+        #[arg(long)]
+        plain: bool,
+        /// Activate only this many RX/TX queues (`ethtool -L`) of the allocated ones.
+        #[arg(long)]
+        active: Option<u32>,
     },
     /// Delete a lab (the only persistent one if --name is omitted), or all stale labs.
     Down {
@@ -303,13 +309,20 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode> {
 
 fn lab_cmd(cmd: LabCmd) -> Result<()> {
     match cmd {
-        LabCmd::Up { name, queues, mtu } => {
+        LabCmd::Up {
+            name,
+            queues,
+            mtu,
+            plain,
+            active,
+        } => {
             let cfg = LabConfig {
                 name: name.unwrap_or_else(lab::unique_name),
                 queues,
                 mtu,
                 keep: true,
-                ..LabConfig::default()
+                plain,
+                active_queues: active,
             };
             let l = Lab::up(&cfg)?;
             println!("lab {} is up (queues {}, mtu {})", l.name, l.queues, l.mtu);
