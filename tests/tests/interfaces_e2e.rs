@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use provider::api::{AF_INET, AF_INET6, IPPROTO_UDP, Provider, SOCK_DGRAM};
-use provider::engine::{Engine, EngineStats};
+use provider::engine::{Drive, Engine, EngineStats};
 use provider::socket::{Socket, WsaError};
 use provider_tests::transfer::{
     kernel_client_to_provider_server, provider_client_to_kernel_server,
@@ -317,11 +317,35 @@ fn fewer_active_than_allocated_both_active_queues_carry_traffic() {
 #[test]
 #[ignore = "needs root and network namespaces"]
 fn follows_channel_growth_and_survives_a_refused_shrink() {
-    let s = start(LabConfig {
+    channel_changes(Drive::Threads);
+}
+
+/// The same with `Drive::Application`: `aio::drive` on a tokio runtime re-registers the new
+/// queue's socket with the reactor.
+#[test]
+#[ignore = "needs root and network namespaces"]
+fn application_driven_engine_follows_channel_growth() {
+    channel_changes(Drive::Application);
+}
+
+fn channel_changes(drive: Drive) {
+    let lab = Lab::up(&LabConfig {
         queues: 4,
         active_queues: Some(2),
         ..LabConfig::default()
+    })
+    .unwrap();
+    let engine = start_engine(&lab, move |c| c.drive = drive);
+    let runtime = (drive == Drive::Application).then(|| {
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.spawn(provider::aio::drive(engine.driver().unwrap()));
+        rt
     });
+    let s = Setup { engine, lab };
     assert_eq!(served(&s), 2);
     let (pns, kns) = (s.lab.provider_ns.clone(), s.lab.peer_ns.clone());
     let (pif, kif) = (s.lab.provider_if.clone(), s.lab.peer_if.clone());
@@ -411,6 +435,8 @@ fn follows_channel_growth_and_survives_a_refused_shrink() {
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(served(&s), 3, "nothing vanished");
     assert_eq!(udp_flows(&s.lab, target, 16), 16, "still served");
+    drop(s);
+    drop(runtime);
 }
 
 /// A queue without an AF_XDP socket (`--queues 1` on 2 active queues) never black-holes the
