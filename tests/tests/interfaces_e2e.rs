@@ -535,3 +535,60 @@ fn ipv6_at_mtu_1280() {
     assert_eq!(n, 1232);
     assert_eq!(from.ip(), IpAddr::V6(PROVIDER_V6));
 }
+
+/// The way to shrink under a running provider: lower its queue limit first (the queues above
+/// it are released at once), then `ethtool -L` succeeds; connections live on, and with the
+/// limit lifted the provider follows the interface again.
+#[test]
+#[ignore = "needs root and network namespaces"]
+fn lowering_the_queue_limit_lets_ethtool_shrink() {
+    let s = start(LabConfig {
+        queues: 4,
+        active_queues: Some(3),
+        ..LabConfig::default()
+    });
+    assert_eq!(served(&s), 3);
+    let (pns, kns) = (s.lab.provider_ns.clone(), s.lab.peer_ns.clone());
+    let (pif, kif) = (s.lab.provider_if.clone(), s.lab.peer_if.clone());
+    let _echo = udp_echo(&p(&s), 9000);
+    let target = SocketAddr::new(PROVIDER_V4.into(), 9000);
+    assert_eq!(udp_flows(&s.lab, target, 32), 32);
+
+    let out = ethtool_l(&s.lab, &pns, &pif, 1);
+    assert!(
+        !out.status.success(),
+        "refused while queues 1 and 2 are held"
+    );
+    assert!(s.engine.set_queue_limit(Some(0)).is_err());
+    s.engine.set_queue_limit(Some(1)).unwrap();
+    assert_eq!(served(&s), 1, "released before set_queue_limit returned");
+    let st = stats(&s).interface.unwrap();
+    assert!(
+        st.last_change
+            .as_deref()
+            .unwrap()
+            .contains("queue limit 1; serving queues 0..1"),
+        "{st:?}"
+    );
+    // The peer first (its TX queues pick our RX queues), then us. The kernel frees a closed
+    // socket's hold on its queue a moment later (deferred work): retry briefly.
+    assert!(ethtool_l(&s.lab, &kns, &kif, 1).status.success());
+    assert!(
+        wait_until(Duration::from_secs(3), || ethtool_l(&s.lab, &pns, &pif, 1)
+            .status
+            .success()),
+        "ethtool -L {pif} rx 1 tx 1 succeeds once the provider released the queues"
+    );
+    kernel_client_to_provider_server(&s.lab, &p(&s), false, 7601, 8 * MIB);
+    assert_eq!(udp_flows(&s.lab, target, 16), 16);
+
+    // Limit lifted: the provider follows the interface again.
+    s.engine.set_queue_limit(None).unwrap();
+    assert!(ethtool_l(&s.lab, &pns, &pif, 2).status.success());
+    assert!(
+        wait_until(Duration::from_secs(5), || served(&s) == 2),
+        "{:?}",
+        stats(&s).interface
+    );
+    assert_eq!(udp_flows(&s.lab, target, 16), 16);
+}

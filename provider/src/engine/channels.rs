@@ -9,10 +9,13 @@
 //! What the kernel allows matters here. Growing works at any time. Shrinking below a queue that
 //! has an AF_XDP socket bound is *refused by the kernel* (`ethtool -L` fails with "requested
 //! channel counts are too low for existing zerocopy AF_XDP sockets", copy mode included), so
-//! while the provider serves a queue it cannot vanish through ethtool; the release path runs
-//! when a driver changes its queues by itself (a reset, a firmware event) or a fixed `--queues`
-//! set exceeds what is active. Frames on a queue without a socket fall back to the kernel:
-//! `steer` redirects with `XDP_PASS` as the fallback, never a black hole.
+//! while the provider serves a queue it cannot vanish through ethtool. To shrink, the
+//! application first lowers the limit ([`Engine::set_queue_limit`](super::Engine::set_queue_limit)):
+//! the queues above it are released at once, and `ethtool -L` then succeeds. The release path
+//! also runs when a driver changes its queues by itself (a reset, a firmware event). Frames on
+//! a queue without a socket fall back to the kernel: `steer` redirects with `XDP_PASS` as the
+//! fallback, never a black hole.
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -33,8 +36,9 @@ pub(super) struct Monitor {
     pub provider: Arc<Provider>,
     pub config: EngineConfig,
     pub threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
-    /// `--queues N`: never serve more than N, even when more become active.
-    pub fixed: Option<u32>,
+    /// Never serve more than this many queues, even when more become active (`--queues N`,
+    /// [`Engine::set_queue_limit`](super::Engine::set_queue_limit)); 0: no limit.
+    limit: Arc<AtomicU32>,
     /// The driver reports channel counts (otherwise there is nothing to follow).
     pub follows: bool,
     state: Arc<Mutex<State>>,
@@ -49,7 +53,7 @@ impl Monitor {
         follows: bool,
     ) -> Self {
         Self {
-            fixed: config.queues,
+            limit: Arc::new(AtomicU32::new(config.queues.unwrap_or(0))),
             datapath,
             provider,
             config,
@@ -61,6 +65,10 @@ impl Monitor {
 
     pub(super) fn state(&self) -> Arc<Mutex<State>> {
         self.state.clone()
+    }
+
+    pub(super) fn limit(&self) -> Arc<AtomicU32> {
+        self.limit.clone()
     }
 
     /// Run in a thread of the caller's network namespace (threads inherit it) until the engine
@@ -114,10 +122,11 @@ impl Monitor {
         let iface = self.datapath.interface().to_string();
         let before = self.datapath.served_count() as u32;
         let capacity = self.datapath.queue_capacity() as u32;
-        let target = self
-            .fixed
-            .map_or(active, |n| n.min(active))
-            .clamp(1, capacity);
+        let target = match self.limit.load(Ordering::Acquire) {
+            0 => active,
+            n => n.min(active),
+        }
+        .clamp(1, capacity);
         {
             let mut st = lock(&self.state);
             if st.active != Some(active) && st.active.is_some() {
@@ -156,14 +165,19 @@ impl Monitor {
     }
 
     fn note(&self, message: String, change: bool) {
-        let mut st = lock(&self.state);
-        if st.last_message.as_deref() == Some(message.as_str()) {
-            return;
-        }
-        tracing::warn!("{message}");
-        if change {
-            st.changes += 1;
-        }
-        st.last_message = Some(message);
+        note(&self.state, message, change);
     }
+}
+
+/// Record (and log at WARN) what happened to the served set; repeats are logged once.
+pub(super) fn note(state: &Mutex<State>, message: String, change: bool) {
+    let mut st = lock(state);
+    if st.last_message.as_deref() == Some(message.as_str()) {
+        return;
+    }
+    tracing::warn!("{message}");
+    if change {
+        st.changes += 1;
+    }
+    st.last_message = Some(message);
 }

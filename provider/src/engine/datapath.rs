@@ -54,6 +54,9 @@ pub struct XdpDatapath {
     /// from 0, so the served set is a prefix.
     pub(super) xsks: Vec<Mutex<Option<Xsk>>>,
     served: AtomicUsize,
+    /// Per slot, bumped whenever its socket is bound or released: a queue thread serves the
+    /// socket it started with and ends when the slot changes.
+    slot_generation: Vec<AtomicU64>,
     /// Bumped whenever the served set changes, so drivers rebuild their per-queue state.
     epoch: AtomicU64,
     /// How sockets of queues bound later are made.
@@ -106,6 +109,7 @@ impl XdpDatapath {
             checksums,
             steering: Mutex::new(steering),
             served: AtomicUsize::new(served),
+            slot_generation: xsks.iter().map(|_| AtomicU64::new(0)).collect(),
             epoch: AtomicU64::new(0),
             xsk_config,
             queue_counters: xsks.iter().map(|_| QueueCounters::default()).collect(),
@@ -202,6 +206,11 @@ impl XdpDatapath {
         self.served.load(Ordering::Acquire).max(1)
     }
 
+    /// Changes whenever queue `q`'s socket is bound or released.
+    pub(super) fn slot_generation(&self, q: u32) -> u64 {
+        self.slot_generation[q as usize].load(Ordering::Acquire)
+    }
+
     /// Changes whenever the served queue set changes.
     pub(super) fn queue_epoch(&self) -> u64 {
         self.epoch.load(Ordering::Acquire)
@@ -233,6 +242,7 @@ impl XdpDatapath {
                 match bound {
                     Ok(xsk) => {
                         *lock(&self.xsks[q]) = Some(xsk);
+                        self.slot_generation[q].fetch_add(1, Ordering::AcqRel);
                         added.push(queue);
                     }
                     Err(err) => {
@@ -249,6 +259,7 @@ impl XdpDatapath {
                 let _ = lock(&self.steering).clear_xsk(q as u32);
                 self.tx_pending[q].store(false, Ordering::Release);
                 lock(&self.xsks[q]).take();
+                self.slot_generation[q].fetch_add(1, Ordering::AcqRel);
             }
         }
         if target != current {

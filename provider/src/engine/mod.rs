@@ -214,6 +214,8 @@ pub struct Engine {
     threads: Arc<Mutex<Vec<JoinHandle<()>>>>,
     monitor: Option<JoinHandle<()>>,
     channel_state: Arc<Mutex<channels::State>>,
+    /// Most queues to serve (0: every active one); read by the channel monitor.
+    queue_limit: Arc<std::sync::atomic::AtomicU32>,
     info: InterfaceInfo,
     config: EngineConfig,
     /// A [`Driver`] exists (Drive::Application).
@@ -321,6 +323,7 @@ impl Engine {
             plan.channels.is_some(),
         );
         let channel_state = monitor.state();
+        let queue_limit = monitor.limit();
         let monitor = if plan.channels.is_some() && config.channel_check.is_some() {
             Some(monitor.spawn().map_err(|source| EngineError::Io {
                 what: "spawning the channel monitor",
@@ -336,6 +339,7 @@ impl Engine {
             threads,
             monitor,
             channel_state,
+            queue_limit,
             info,
             config,
             driver_taken: Arc::new(AtomicBool::new(false)),
@@ -345,6 +349,35 @@ impl Engine {
     /// The interface as the engine found and serves it.
     pub fn interface(&self) -> &InterfaceInfo {
         &self.info
+    }
+
+    /// Serve at most `limit` RX queues from now on (`None`: every active queue). Queues above
+    /// the limit are released before this returns — their frames go to the kernel, established
+    /// connections are kept (their frames arrive on the remaining queues) — so that
+    /// `ethtool -L` can then shrink the interface, which the kernel refuses while an AF_XDP
+    /// socket holds a vanishing queue. Raising the limit binds the extra queues at the channel
+    /// monitor's next check (about a second), from the engine's own network namespace.
+    pub fn set_queue_limit(&self, limit: Option<u32>) -> Result<(), EngineError> {
+        if limit == Some(0) {
+            return Err(EngineError::BadQueues(
+                "a queue limit of 0: at least one RX queue must be served".into(),
+            ));
+        }
+        self.queue_limit
+            .store(limit.unwrap_or(0), Ordering::Release);
+        let served = self.datapath.served_count() as u32;
+        if let Some(n) = limit.filter(|&n| n < served) {
+            self.datapath.serve_queues(n as usize);
+            channels::note(
+                &self.channel_state,
+                format!(
+                    "{}: queue limit {n}; serving queues 0..{n} (was 0..{served})",
+                    self.info.name
+                ),
+                true,
+            );
+        }
+        Ok(())
     }
 
     /// The addresses of the interface the provider serves.

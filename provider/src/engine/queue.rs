@@ -103,6 +103,7 @@ impl QueueStep {
 /// The queue thread: step, and sleep in `poll` (without the queue lock, so senders can use the
 /// TX ring meanwhile) when idle.
 pub(super) fn run(queue: u32, dp: &XdpDatapath, provider: &Provider, cfg: &EngineConfig) {
+    let generation = dp.slot_generation(queue);
     let poller = match lock(&dp.xsks[queue as usize]).as_ref().map(|x| x.poller()) {
         Some(Ok(p)) => p,
         Some(Err(err)) => {
@@ -112,8 +113,9 @@ pub(super) fn run(queue: u32, dp: &XdpDatapath, provider: &Provider, cfg: &Engin
         None => return,
     };
     let mut step = QueueStep::new(queue);
-    // Queue 0 runs the timers and is never released while the engine runs.
-    while dp.is_running() && (queue == 0 || (queue as usize) < dp.served_count()) {
+    // Serve the socket this thread started with; a released (or released and re-bound) queue
+    // has a thread of its own. Queue 0 runs the timers and is never released.
+    while dp.is_running() && dp.slot_generation(queue) == generation {
         let Progress::Idle { until } = step.poll(dp, provider, cfg) else {
             continue;
         };
