@@ -266,8 +266,10 @@ fn is_stream(p: &Provider, s: Socket) -> Result<bool, i32> {
 /// interface; root or CAP_NET_ADMIN + CAP_BPF needed). One provider per process.
 ///
 /// Returns 0, or SOCKET_ERROR with `*lpErrno`: WSAEFAULT (NULL `iface`), WSAEINVAL (`iface` not
-/// UTF-8, or no such interface), WSAEALREADY (already running), WSAENETDOWN (the datapath could
-/// not start; the reason is printed on stderr).
+/// UTF-8, no such interface, no address on it), WSAEACCES (not root / missing capabilities),
+/// WSAEADDRINUSE (another XDP program or AF_XDP socket holds the interface), WSAEALREADY
+/// (already running), WSAENETDOWN (the interface is down or the datapath could not start). The
+/// reason is printed on stderr as one line.
 ///
 /// # Safety
 /// `iface` is NULL or a NUL-terminated string; `lpErrno` is NULL or points to a writable `int`.
@@ -287,16 +289,31 @@ pub unsafe extern "C" fn provider_start(iface: *const c_char, lpErrno: LPINT) ->
             }
             let e = Engine::start(EngineConfig::new(iface)).map_err(|err| {
                 eprintln!("provider_start({iface}): {err}");
-                match err {
-                    EngineError::NoInterface(_) => WSAEINVAL,
-                    _ => WSAENETDOWN,
-                }
+                start_error_code(&err)
             })?;
             *PROVIDER.write().unwrap_or_else(PoisonError::into_inner) =
                 Some(Arc::clone(e.provider()));
             *engine = Some(e);
             Ok(())
         })
+    }
+}
+
+/// The WSA code `provider_start` reports for a start-up failure (the line on stderr says more).
+fn start_error_code(err: &EngineError) -> i32 {
+    match err {
+        EngineError::NoInterface(_) | EngineError::NoAddress(_) | EngineError::BadQueues(_) => {
+            WSAEINVAL
+        }
+        EngineError::NotPermitted(_) => WsaError::WSAEACCES.code(),
+        EngineError::XdpBusy { .. } => WsaError::WSAEADDRINUSE.code(),
+        EngineError::Xsk { source, .. } if source.raw_os_error() == Some(libc::EBUSY) => {
+            WsaError::WSAEADDRINUSE.code()
+        }
+        EngineError::Xsk { source, .. } if source.raw_os_error() == Some(libc::EPERM) => {
+            WsaError::WSAEACCES.code()
+        }
+        _ => WSAENETDOWN,
     }
 }
 
