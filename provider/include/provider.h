@@ -589,8 +589,10 @@ extern "C" {
  interface; root or CAP_NET_ADMIN + CAP_BPF needed). One provider per process.
 
  Returns 0, or SOCKET_ERROR with `*lpErrno`: WSAEFAULT (NULL `iface`), WSAEINVAL (`iface` not
- UTF-8, or no such interface), WSAEALREADY (already running), WSAENETDOWN (the datapath could
- not start; the reason is printed on stderr).
+ UTF-8, no such interface, no address on it), WSAEACCES (not root / missing capabilities),
+ WSAEADDRINUSE (another XDP program or AF_XDP socket holds the interface), WSAEALREADY
+ (already running), WSAENETDOWN (the interface is down or the datapath could not start). The
+ reason is printed on stderr as one line.
 
  # Safety
  `iface` is NULL or a NUL-terminated string; `lpErrno` is NULL or points to a writable `int`.
