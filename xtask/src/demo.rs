@@ -335,6 +335,15 @@ pub fn run() -> Result<()> {
     }
     let tcpdump_err = tcpdump.stderr_tail();
 
+    eprintln!("==> TCP: the four WSPCloseSocket rows against the kernel client");
+    let (tcp_report, tcp_checks) = match crate::demo_tcp::run(&lab, &bin, &tmp.0) {
+        Ok(r) => r,
+        Err(e) => (
+            format!("\n=== TCP part: could not run: {e:#}\n"),
+            vec![(false, "TCP part ran".to_string())],
+        ),
+    };
+
     // ---- report ----
     let mut checks = Checks(Vec::new());
     let mut out = String::new();
@@ -531,6 +540,11 @@ pub fn run() -> Result<()> {
         provider_status.success(),
         format!("provider exited cleanly on SIGTERM ({provider_status})"),
     );
+
+    out.push_str(&tcp_report);
+    for (ok, what) in tcp_checks {
+        checks.check(ok, what);
+    }
 
     let _ = writeln!(out, "\n--- checks ---");
     for (ok, what) in &checks.0 {

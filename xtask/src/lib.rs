@@ -9,6 +9,7 @@ pub mod bench_async;
 pub mod bench_tcp;
 pub mod cmd;
 pub mod demo;
+pub mod demo_tcp;
 pub mod lab;
 pub mod pktgen;
 pub mod proc;
