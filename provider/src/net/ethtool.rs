@@ -221,3 +221,198 @@ mod tests {
         assert_eq!(err.raw_os_error(), Some(libc::EOPNOTSUPP));
     }
 }
+
+/// `ETHTOOL_GRSSH`: the RSS hash function, key and indirection table.
+const ETHTOOL_GRSSH: u32 = 0x0000_0046;
+
+/// `struct ethtool_rxfh` without its flexible `rss_config[]` (24 bytes). `input_xfrm` was
+/// `rsvd8[0]` before Linux 6.8; older kernels leave it as we sent it (zero). The kernel rejects
+/// non-zero reserved fields.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct EthtoolRxfh {
+    cmd: u32,
+    rss_context: u32,
+    indir_size: u32,
+    key_size: u32,
+    hfunc: u8,
+    input_xfrm: u8,
+    rsvd8: [u8; 2],
+    rsvd32: u32,
+}
+
+/// Largest indirection table [`rss`] reads (entries). Drivers use 64 to 2048 today (ice's PF
+/// table is 2048); this leaves room without an unbounded allocation.
+const RXFH_MAX_INDIR: u32 = 8192;
+/// Largest hash key [`rss`] reads (bytes; NICs use 40 or 52).
+const RXFH_MAX_KEY: u32 = 256;
+/// `rss_config[]` capacity in `u32` words: the table, then the key.
+const RXFH_WORDS: usize = (RXFH_MAX_INDIR + RXFH_MAX_KEY / 4) as usize;
+
+/// `struct ethtool_rxfh` with room for its `rss_config[]`: `indir_size` `u32` queue numbers
+/// followed by `key_size` key bytes.
+///
+/// For `ETHTOOL_GRSSH` the kernel writes the header, then `hdr.indir_size * 4 + hdr.key_size`
+/// bytes of `rss_config` — the sizes *we* put in the header, after checking they equal the
+/// device's (otherwise `EINVAL`, before writing anything past the header). So this struct must
+/// only reach the ioctl with sizes that fit `rss_config`; [`EthtoolRxfhBuf::request`] is the only
+/// constructor used and enforces that.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct EthtoolRxfhBuf {
+    hdr: EthtoolRxfh,
+    rss_config: [u32; RXFH_WORDS],
+}
+
+impl EthtoolRxfhBuf {
+    /// A `GRSSH` request for a table of `indir_size` entries and a `key_size`-byte key, or `None`
+    /// if they do not fit the buffer.
+    fn request(indir_size: u32, key_size: u32) -> Option<Box<Self>> {
+        if indir_size > RXFH_MAX_INDIR || key_size > RXFH_MAX_KEY {
+            return None;
+        }
+        Some(Box::new(EthtoolRxfhBuf {
+            hdr: EthtoolRxfh {
+                cmd: ETHTOOL_GRSSH,
+                indir_size,
+                key_size,
+                ..Default::default()
+            },
+            rss_config: [0; RXFH_WORDS],
+        }))
+    }
+
+    fn indirection(&self) -> Vec<u32> {
+        self.rss_config[..self.hdr.indir_size as usize].to_vec()
+    }
+
+    /// The key bytes, which follow the table in memory order.
+    fn key(&self) -> Vec<u8> {
+        let words = &self.rss_config[self.hdr.indir_size as usize..];
+        words
+            .iter()
+            .flat_map(|w| w.to_ne_bytes())
+            .take(self.hdr.key_size as usize)
+            .collect()
+    }
+}
+
+// Header-only GRSSH (both sizes zero): the kernel writes just the header.
+impl EthtoolCmd for EthtoolRxfh {}
+// Sized GRSSH: see `EthtoolRxfhBuf` for why its writes stay inside the struct.
+impl EthtoolCmd for EthtoolRxfhBuf {}
+
+/// Whether a GRSSH error means "this device has no RSS to report" rather than a failure.
+fn rss_unsupported(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(libc::EOPNOTSUPP | libc::EINVAL | libc::ENODEV)
+    )
+}
+
+/// The RSS configuration of interface `name` (`ETHTOOL_GRSSH`, default context 0): hash
+/// function, key and indirection table.
+///
+/// `Ok(None)` when the device has none to report: the driver does not implement it (`lo`, veth
+/// and the like answer `EOPNOTSUPP`; some drivers answer `EINVAL` or `ENODEV`), or it reports an
+/// empty table or no key (virtio_net without the RSS feature). A nonexistent interface is an error
+/// (`ENODEV`), as in [`channels`]. A table or key larger than this reader's limits (8192 entries,
+/// 256 bytes) is an `Unsupported` error.
+///
+/// Two calls, as `ethtool -x` does: the first learns the sizes, the second fetches the data. If
+/// the sizes change in between (`ethtool -L` / `-X` racing us) the kernel answers `EINVAL` with
+/// the new sizes, and the read is retried.
+pub fn rss(name: &str) -> io::Result<Option<super::rss::RssConfig>> {
+    let mut hdr = EthtoolRxfh {
+        cmd: ETHTOOL_GRSSH,
+        ..Default::default()
+    };
+    if let Err(e) = ethtool_ioctl(name, &mut hdr) {
+        return if rss_unsupported(&e) && super::neighbour::ifindex(name).is_ok() {
+            Ok(None)
+        } else {
+            Err(e)
+        };
+    }
+    for _ in 0..4 {
+        if hdr.indir_size == 0 || hdr.key_size == 0 {
+            return Ok(None);
+        }
+        let mut buf = EthtoolRxfhBuf::request(hdr.indir_size, hdr.key_size).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::Unsupported,
+                format!(
+                    "{name}: RSS table of {} entries / key of {} bytes exceeds what is read",
+                    hdr.indir_size, hdr.key_size
+                ),
+            )
+        })?;
+        match ethtool_ioctl(name, &mut *buf) {
+            Ok(()) => {
+                return Ok(Some(super::rss::RssConfig {
+                    key: buf.key(),
+                    indirection: buf.indirection(),
+                    hfunc: super::rss::HashFunction::from_ethtool(u32::from(buf.hdr.hfunc)),
+                    input_xfrm: buf.hdr.input_xfrm,
+                }));
+            }
+            Err(e)
+                if e.raw_os_error() == Some(libc::EINVAL)
+                    && (buf.hdr.indir_size, buf.hdr.key_size) != (hdr.indir_size, hdr.key_size) =>
+            {
+                // The device's sizes changed since the first call; the kernel wrote the new ones.
+                hdr.indir_size = buf.hdr.indir_size;
+                hdr.key_size = buf.hdr.key_size;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(io::Error::other(format!(
+        "{name}: RSS table size kept changing while being read"
+    )))
+}
+
+#[cfg(test)]
+mod rss_tests {
+    use super::*;
+
+    #[test]
+    fn rxfh_layout_matches_the_kernel() {
+        assert_eq!(std::mem::size_of::<EthtoolRxfh>(), 24);
+        assert_eq!(std::mem::offset_of!(EthtoolRxfh, hfunc), 16);
+        assert_eq!(std::mem::offset_of!(EthtoolRxfh, input_xfrm), 17);
+        assert_eq!(std::mem::offset_of!(EthtoolRxfh, rsvd32), 20);
+        assert_eq!(std::mem::offset_of!(EthtoolRxfhBuf, rss_config), 24);
+    }
+
+    #[test]
+    fn oversized_requests_are_refused() {
+        assert!(EthtoolRxfhBuf::request(RXFH_MAX_INDIR, RXFH_MAX_KEY).is_some());
+        assert!(EthtoolRxfhBuf::request(RXFH_MAX_INDIR + 1, 40).is_none());
+        assert!(EthtoolRxfhBuf::request(128, RXFH_MAX_KEY + 1).is_none());
+    }
+
+    #[test]
+    fn key_follows_the_table() {
+        let mut buf = EthtoolRxfhBuf::request(2, 6).unwrap();
+        buf.rss_config[0] = 3;
+        buf.rss_config[1] = 1;
+        buf.rss_config[2] = u32::from_ne_bytes([0x6d, 0x5a, 0x56, 0xda]);
+        buf.rss_config[3] = u32::from_ne_bytes([0x25, 0x5b, 0xff, 0xff]);
+        assert_eq!(buf.indirection(), vec![3, 1]);
+        assert_eq!(buf.key(), vec![0x6d, 0x5a, 0x56, 0xda, 0x25, 0x5b]);
+    }
+
+    #[test]
+    fn loopback_has_no_rss() {
+        // lo implements no get_rxfh: the engine then uses RssConfig::software.
+        assert_eq!(rss("lo").unwrap(), None);
+    }
+
+    #[test]
+    fn missing_interfaces_are_errors() {
+        let err = rss("no-such-if-xyz").unwrap_err();
+        assert_eq!(err.raw_os_error(), Some(libc::ENODEV));
+        assert!(rss("a\0b").is_err());
+    }
+}

@@ -15,6 +15,7 @@ pub mod frame;
 pub mod ipv4;
 pub mod ipv6;
 pub mod neighbour;
+pub mod rss;
 pub mod tcp;
 pub mod udp;
 
