@@ -7,6 +7,7 @@ pub mod aio;
 pub mod api;
 pub mod engine;
 pub mod ffi;
+pub mod histogram;
 pub mod net;
 pub mod socket;
 pub mod tcp;

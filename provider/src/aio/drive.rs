@@ -31,8 +31,9 @@ const BATCHES_PER_YIELD: u32 = 4;
 /// # Ok(()) }
 /// ```
 ///
-/// With `EngineConfig::busy_poll` the task never sleeps: it polls, yields to the other tasks,
-/// and polls again (one core busy, no wake-up latency).
+/// After traffic the task keeps polling for `EngineConfig::spin_after_traffic`, yielding to the
+/// other tasks in between, before it sleeps; with `EngineConfig::busy_poll` it never sleeps
+/// (one core busy, no wake-up latency).
 ///
 /// The runtime needs its IO and time drivers (`enable_all`). On a current-thread runtime,
 /// reception, the TCP engine and the application's tasks all run on one thread and wake each
@@ -41,7 +42,7 @@ const BATCHES_PER_YIELD: u32 = 4;
 pub async fn drive(mut driver: Driver) -> io::Result<()> {
     let mut fds = register(&driver)?;
     let mut epoch = driver.queue_epoch();
-    let busy_poll = driver.busy_poll();
+    let mut spin = driver.spin();
     let mut batches = 0;
     while driver.is_running() {
         driver.kick();
@@ -54,6 +55,7 @@ pub async fn drive(mut driver: Driver) -> io::Result<()> {
         let wake_fd = fds.len() - 1;
         let until = match progress {
             Progress::Busy => {
+                spin.traffic();
                 batches += 1;
                 if batches >= BATCHES_PER_YIELD {
                     batches = 0;
@@ -61,9 +63,10 @@ pub async fn drive(mut driver: Driver) -> io::Result<()> {
                 }
                 continue;
             }
-            Progress::Idle { .. } if busy_poll => {
-                // Spin: no sleep, so no wake-up latency (an idle core in a VM can take
-                // hundreds of µs to wake); the other tasks run between polls.
+            Progress::Idle { .. } if spin.keep_polling() => {
+                // Spin (always with busy_poll, else for a while after traffic): no sleep, so
+                // no wake-up latency (an idle core in a VM can take hundreds of µs to wake);
+                // the other tasks run between polls.
                 batches = 0;
                 tokio::task::yield_now().await;
                 continue;

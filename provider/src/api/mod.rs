@@ -151,6 +151,9 @@ pub struct ProviderStats {
     pub close_orphan_timeout_reset: u64,
     /// Unread received data at close → RST.
     pub close_unread_data_reset: u64,
+    /// How long calls and queue passes waited for the TCP engine's lock: its tail is the
+    /// convoy a single engine for every queue and socket call produces.
+    pub tcp_lock_wait: crate::histogram::LatencySummary,
 }
 
 #[derive(Debug, Default)]
@@ -638,6 +641,7 @@ impl Provider {
             close_linger_timeout_reset: get(&c.close_linger_timeout_reset),
             close_orphan_timeout_reset: self.orphan_timeouts(),
             close_unread_data_reset: get(&c.close_unread_data_reset),
+            tcp_lock_wait: self.tcp_lock_wait(),
         }
     }
 }

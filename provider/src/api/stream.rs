@@ -92,6 +92,8 @@ pub(crate) struct TcpInner {
 
 pub(crate) struct TcpHost {
     inner: Mutex<TcpInner>,
+    /// Time spent acquiring `inner` in `with_tcp`.
+    lock_wait: crate::histogram::LatencyHistogram,
     /// Earliest engine deadline the timer thread knows about, as ns since `epoch` (u64::MAX:
     /// none). When a call makes an earlier one, the datapath is woken.
     deadline_ns: AtomicU64,
@@ -113,6 +115,7 @@ impl TcpHost {
                 established: FxHashSet::default(),
                 scratch: vec![0u8; 65536],
             }),
+            lock_wait: Default::default(),
             deadline_ns: AtomicU64::new(u64::MAX),
             epoch: now,
         }
@@ -181,6 +184,7 @@ impl Provider {
         let mut wakes = Wakes::new();
         let (r, done, sent) = {
             let mut inner = self.tcp_lock();
+            self.tcp.lock_wait.record(now.elapsed());
             let r = f(&mut inner, now);
             let sent = self.tcp_pump(&mut inner, now, &mut wakes);
             (r, std::mem::take(&mut inner.completions), sent)
@@ -342,6 +346,11 @@ impl Provider {
             u64::MAX => None,
             ns => Some(self.tcp.epoch + Duration::from_nanos(ns)),
         }
+    }
+
+    /// How long `with_tcp` waited for the engine lock, as percentiles.
+    pub(super) fn tcp_lock_wait(&self) -> crate::histogram::LatencySummary {
+        self.tcp.lock_wait.summary()
     }
 
     /// Connections the engine holds (TIME_WAIT and orphans included) and orphans alone.

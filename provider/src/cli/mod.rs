@@ -97,6 +97,10 @@ pub struct DatapathArgs {
     /// Spin on the rings instead of sleeping in poll.
     #[arg(long)]
     busy_poll: bool,
+    /// Adaptive polling: after traffic, keep polling (yielding the CPU) this many µs before
+    /// sleeping in poll; 0 sleeps at once. Ignored with --busy-poll.
+    #[arg(long, default_value_t = provider::engine::DEFAULT_SPIN.as_micros() as u64)]
+    spin_us: u64,
     /// Log every malformed frame the XDP program passes (diagnostic; costs ≈20 ns per such frame).
     #[arg(long)]
     log_malformed: bool,
@@ -256,6 +260,7 @@ pub fn start_with(
     config.attach = args.attach;
     config.queues = args.queues;
     config.busy_poll = args.busy_poll;
+    config.spin_after_traffic = std::time::Duration::from_micros(args.spin_us);
     config.log_malformed = args.log_malformed;
     args.settings.apply(&mut config.provider);
     config.xsk.mode = match args.xsk_mode {

@@ -285,6 +285,16 @@ impl XdpDatapath {
                     xsk: x.statistics().unwrap_or_default(),
                     pending_tx: x.pending_tx(),
                     free_tx_frames: x.free_tx_frames(),
+                    kicks: x.kicks(),
+                    tx_kicks_per_frame: {
+                        let frames = c.tx_frames.load(Ordering::Relaxed);
+                        if frames == 0 {
+                            0.0
+                        } else {
+                            x.kicks().tx as f64 / frames as f64
+                        }
+                    },
+                    busy_pass: c.busy_pass.summary(),
                 })
             })
             .collect();

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Instant;
 
+pub use super::queue::Spin;
 use super::queue::{QueueStep, idle_timeout_ms};
 use super::{EngineConfig, XdpDatapath, datapath::lock};
 use crate::api::Provider;
@@ -171,12 +172,26 @@ impl Driver {
     /// Drive on the calling thread until the engine stops (what a queue thread does, for all
     /// queues at once; sleeps in `poll(2)` when idle).
     pub fn run_blocking(&mut self) {
+        let mut spin = Spin::new(&self.cfg);
         while self.is_running() {
             if let Progress::Idle { until } = self.poll() {
+                if spin.keep_polling() {
+                    std::thread::yield_now();
+                    continue;
+                }
                 let timeout = idle_timeout_ms(until, Instant::now());
                 self.dp.waker.wait_any(&self.pollers, timeout);
+            } else {
+                spin.traffic();
             }
         }
+    }
+
+    /// Adaptive polling for an event loop that drives this engine: call
+    /// [`Spin::traffic`](Spin::traffic) after a busy poll and poll again (yielding) while
+    /// [`Spin::keep_polling`](Spin::keep_polling) says so, before sleeping.
+    pub fn spin(&self) -> Spin {
+        Spin::new(&self.cfg)
     }
 }
 

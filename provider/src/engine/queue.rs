@@ -53,6 +53,7 @@ impl QueueStep {
         cfg: &EngineConfig,
     ) -> Progress {
         let queue = self.queue as usize;
+        let started = Instant::now();
         let n = {
             let mut slot = lock(&dp.xsks[queue]);
             // A released queue (channel change) has no socket: nothing to receive.
@@ -84,11 +85,13 @@ impl QueueStep {
         {
             if deadline <= Instant::now() {
                 provider.tcp_tick();
+                dp.queue_counters[queue].busy_pass.record(started.elapsed());
                 return Progress::Busy;
             }
             until = Some(deadline);
         }
         if n > 0 {
+            dp.queue_counters[queue].busy_pass.record(started.elapsed());
             Progress::Busy
         } else {
             Progress::Idle { until }
@@ -113,13 +116,18 @@ pub(super) fn run(queue: u32, dp: &XdpDatapath, provider: &Provider, cfg: &Engin
         None => return,
     };
     let mut step = QueueStep::new(queue);
+    let mut spin = Spin::new(cfg);
     // Serve the socket this thread started with; a released (or released and re-bound) queue
     // has a thread of its own. Queue 0 runs the timers and is never released.
     while dp.is_running() && dp.slot_generation(queue) == generation {
-        let Progress::Idle { until } = step.poll(dp, provider, cfg) else {
+        let progress = step.poll(dp, provider, cfg);
+        let Progress::Idle { until } = progress else {
+            spin.traffic();
             continue;
         };
-        if cfg.busy_poll {
+        if spin.keep_polling() {
+            // Let the application's threads (often on this very CPU) run between polls.
+            std::thread::yield_now();
             continue;
         }
         let timeout_ms = idle_timeout_ms(until, Instant::now());
@@ -127,6 +135,46 @@ pub(super) fn run(queue: u32, dp: &XdpDatapath, provider: &Provider, cfg: &Engin
             dp.waker.wait(&poller, timeout_ms);
         } else {
             poller.wait_readable(timeout_ms);
+        }
+    }
+}
+
+/// Adaptive polling ([`EngineConfig::spin_after_traffic`], [`EngineConfig::busy_poll`]):
+/// whether an idle poll should be followed by another poll rather than a sleep.
+pub struct Spin {
+    window: std::time::Duration,
+    always: bool,
+    last_traffic: Option<Instant>,
+}
+
+impl Spin {
+    pub(super) fn new(cfg: &EngineConfig) -> Self {
+        Self {
+            window: cfg.spin_after_traffic,
+            always: cfg.busy_poll,
+            last_traffic: None,
+        }
+    }
+
+    /// A poll found work.
+    pub fn traffic(&mut self) {
+        if !self.window.is_zero() {
+            self.last_traffic = Some(Instant::now());
+        }
+    }
+
+    /// After an idle poll: poll again (true) or sleep (false).
+    pub fn keep_polling(&mut self) -> bool {
+        if self.always {
+            return true;
+        }
+        match self.last_traffic {
+            Some(t) if t.elapsed() < self.window => true,
+            Some(_) => {
+                self.last_traffic = None;
+                false
+            }
+            None => false,
         }
     }
 }

@@ -77,6 +77,8 @@ impl EngineCounters {
 pub struct QueueCounters {
     pub(super) rx_frames: AtomicU64,
     pub(super) tx_frames: AtomicU64,
+    /// How long each pass that found work took (receive, TCP/UDP processing, transmit).
+    pub(super) busy_pass: crate::histogram::LatencyHistogram,
 }
 
 /// One AF_XDP socket's view.
@@ -89,6 +91,13 @@ pub struct QueueStats {
     pub xsk: XskStatistics,
     pub pending_tx: usize,
     pub free_tx_frames: usize,
+    /// Kick system calls on this queue's socket since it was bound.
+    pub kicks: crate::xsk::KickCounts,
+    /// TX kicks per transmitted frame (batching and `need_wakeup` keep it well below 1).
+    pub tx_kicks_per_frame: f64,
+    /// Duration of the passes that found work: a slow pass delays every frame behind it, so
+    /// its tail is part of every connection's tail latency.
+    pub busy_pass: crate::histogram::LatencySummary,
 }
 
 /// The interface as the engine found it at start.

@@ -149,7 +149,8 @@ fn ethtool_ioctl<T: EthtoolCmd>(name: &str, data: &mut T) -> io::Result<()> {
     let sock = unsafe { OwnedFd::from_raw_fd(fd) };
     // SAFETY: SIOCETHTOOL reads `ifr` (name + data pointer) and reads/writes one command struct
     // through `ifru_data`, which points at `data`: a #[repr(C)] struct with the kernel's layout
-    // for the command in its first word (only the two structs above implement `EthtoolCmd`),
+    // for the command in its first word (every `EthtoolCmd` type is such a struct; the RSS
+    // buffer's kernel writes stay inside it because its sizes are checked before the call),
     // alive and exclusively borrowed for the duration of the call.
     let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCETHTOOL, &mut ifr) };
     if rc < 0 {

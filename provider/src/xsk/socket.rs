@@ -38,7 +38,16 @@ pub struct Xsk {
     ifindex: u32,
     queue: u32,
     need_wakeup: bool,
+    /// System calls made to kick TX (`sendto`) and RX (`recvfrom`, fill-ring wake-up).
+    kicks: KickCounts,
     _not_sync: PhantomData<Cell<()>>,
+}
+
+/// How often the kernel had to be kicked: with `need_wakeup`, ideally far fewer than frames.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct KickCounts {
+    pub tx: u64,
+    pub rx: u64,
 }
 
 fn invalid_input(msg: &str) -> io::Error {
@@ -161,6 +170,7 @@ impl Xsk {
             rx_spare: FreeList::range(cfg.frame_size, 0, rx_frames),
             umem,
             tx_outstanding: 0,
+            kicks: KickCounts::default(),
             tx_frames: tx_frames as usize,
             mode: cfg.mode,
             ifindex,
@@ -288,6 +298,7 @@ impl Xsk {
         self.rx.release();
         if self.refill() > 0 && self.fill.needs_wakeup() {
             // A failed kick only delays reception until the next kick or poll.
+            self.kicks.rx += 1;
             let _ = sys::kick_rx(self.fd.as_fd());
         }
         n as usize
@@ -355,6 +366,7 @@ impl Xsk {
             if before == 0 || (self.need_wakeup && !self.tx.needs_wakeup()) {
                 return Ok(());
             }
+            self.kicks.tx += 1;
             match sys::kick_tx(self.fd.as_fd()) {
                 Ok(()) => {}
                 Err(e) if is_errno(&e, &[libc::EAGAIN, libc::EWOULDBLOCK]) => {}
@@ -391,6 +403,11 @@ impl Xsk {
             self.comp.release();
         }
         done
+    }
+
+    /// Kick system calls made so far.
+    pub fn kicks(&self) -> KickCounts {
+        self.kicks
     }
 
     /// TX frames taken by `send`/`send_with` and not completed yet (reserved, published or in
