@@ -77,6 +77,14 @@ impl LatencyHistogram {
         self.max_ns.fetch_max(ns, Relaxed);
     }
 
+    /// Add every sample of `other` (for a summary over several histograms).
+    pub fn merge(&self, other: &LatencyHistogram) {
+        for (a, b) in self.buckets.iter().zip(other.buckets.iter()) {
+            a.fetch_add(b.load(Relaxed), Relaxed);
+        }
+        self.max_ns.fetch_max(other.max_ns.load(Relaxed), Relaxed);
+    }
+
     /// p50 / p99 / p99.9 (lower bound of the bucket holding that rank) and the maximum.
     pub fn summary(&self) -> LatencySummary {
         let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Relaxed)).collect();

@@ -52,7 +52,7 @@ pub async fn drive(mut driver: Driver) -> io::Result<()> {
             fds = register(&driver)?;
             epoch = driver.queue_epoch();
         }
-        let wake_fd = fds.len() - 1;
+        let first_waker = driver.socket_count();
         let until = match progress {
             Progress::Busy => {
                 spin.traffic();
@@ -90,7 +90,7 @@ pub async fn drive(mut driver: Driver) -> io::Result<()> {
                     // the drain raise readiness again (edge-triggered reactor).
                     guard?.clear_ready();
                     ready = true;
-                    woken |= i == wake_fd;
+                    woken |= i >= first_waker;
                 }
             }
             if ready || sleep.as_mut().poll(cx).is_ready() {

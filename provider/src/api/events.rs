@@ -533,7 +533,12 @@ impl Provider {
         }
         let t = st.tcp()?;
         let (role, send_shut) = (t.role, t.send_shut);
-        self.with_tcp(|inner, _| {
+        let shard = match role {
+            Role::Connecting(id) | Role::Connected(id) => id.shard(),
+            Role::Listening(l) => l.shard(),
+            Role::Idle | Role::Failed(_) => 0,
+        };
+        self.with_shard(shard, |inner, _| {
             let mut asyncs = lock(&self.asyncs);
             let a = asyncs.entry(e.id).or_default();
             select(a);
@@ -604,7 +609,7 @@ impl Provider {
             return Err(WsaError::WSAESHUTDOWN);
         }
         ov.begin()?;
-        let r = self.with_tcp(|inner, now| {
+        let r = self.with_conn(id, |inner, now| {
             let r = {
                 let TcpInner {
                     engine,
@@ -664,7 +669,7 @@ impl Provider {
             return Err(WsaError::WSAESHUTDOWN);
         }
         ov.begin()?;
-        let r = self.with_tcp(|inner, now| {
+        let r = self.with_conn(id, |inner, now| {
             let TcpInner {
                 engine,
                 completions,

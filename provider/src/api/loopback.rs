@@ -56,6 +56,10 @@ pub struct LoopbackDatapath {
     /// TCP segments waiting for the pump thread, and its wake-up.
     segments: Mutex<VecDeque<(IpAddr, IpAddr, Vec<u8>)>>,
     pump: Condvar,
+    /// `usize::MAX`: each segment goes straight to the shard that owns its flow (a device
+    /// whose RSS agrees). Else every segment "arrives" on this RX queue, as on a device that
+    /// ignores the flow (veth), and the shards hand segments over to each other.
+    rx_queue: AtomicUsize,
 }
 
 impl Default for LoopbackDatapath {
@@ -73,6 +77,7 @@ impl Default for LoopbackDatapath {
             undelivered: AtomicUsize::new(0),
             segments: Mutex::new(VecDeque::new()),
             pump: Condvar::new(),
+            rx_queue: AtomicUsize::new(usize::MAX),
         }
     }
 }
@@ -111,13 +116,32 @@ impl LoopbackDatapath {
                 q.drain(..).collect()
             };
             let Some(p) = provider.upgrade() else { return };
-            for (src, dst, seg) in batch {
-                p.deliver_tcp(src, dst, &seg);
+            match self.rx_queue.load(Ordering::Relaxed) {
+                usize::MAX => {
+                    for (src, dst, seg) in batch {
+                        p.deliver_tcp(src, dst, &seg);
+                    }
+                }
+                queue => {
+                    p.deliver_tcp_batch(
+                        queue,
+                        batch.iter().map(|(src, dst, seg)| (*src, *dst, &seg[..])),
+                    );
+                    for k in 0..p.tcp_shards() {
+                        p.tcp_drain_inbox(k);
+                    }
+                }
             }
             if p.tcp_next_timeout().is_some_and(|d| d <= Instant::now()) {
                 p.tcp_tick();
             }
         }
+    }
+
+    /// Deliver every TCP segment as received on RX queue `queue` (None: to its owner shard).
+    pub fn set_rx_queue(&self, queue: Option<usize>) {
+        self.rx_queue
+            .store(queue.unwrap_or(usize::MAX), Ordering::Relaxed);
     }
 
     /// Deliver sent datagrams into `provider` (once; later calls are ignored).

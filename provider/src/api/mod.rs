@@ -72,6 +72,8 @@ pub mod events;
 mod events_tests;
 pub mod loopback;
 pub mod overlapped;
+#[cfg(test)]
+mod shard_tests;
 pub mod stream;
 #[cfg(test)]
 mod stream_tests;
@@ -106,6 +108,14 @@ pub struct ProviderConfig {
     /// TCP engine settings (TIME_WAIT, RTO bounds, orphan deadline, buffers, …).
     #[serde(skip)]
     pub tcp: crate::tcp::TcpConfig,
+    /// TCP engines (shards), one per RX queue served (DESIGN §3); the engine sets it from
+    /// the queues it serves at start. Default 1.
+    pub tcp_shards: usize,
+    /// The device's RSS function (key, indirection table), if usable: which shard owns a flow
+    /// then follows the device, and active opens choose ports the device brings back to the
+    /// connecting shard. None: the provider's own Toeplitz function over the shards.
+    #[serde(skip)]
+    pub rss: Option<crate::net::rss::RssConfig>,
 }
 
 impl Default for ProviderConfig {
@@ -116,6 +126,8 @@ impl Default for ProviderConfig {
             default_rcvbuf: 1 << 20,
             default_sndbuf: 1 << 20,
             tcp: crate::tcp::TcpConfig::default(),
+            tcp_shards: 1,
+            rss: None,
         }
     }
 }
@@ -205,7 +217,7 @@ pub struct Provider {
     /// Bound TCP endpoints (for WSAEADDRINUSE and ephemeral ports), keyed by socket id.
     tcp_ports: UdpDemux<u64>,
     /// The TCP engine and its socket maps.
-    tcp: stream::TcpHost,
+    tcp: stream::TcpShards,
     /// Event selections, recorded network events and pending overlapped operations, per
     /// socket id (see `events`). Lock order: socket state → engine → this.
     asyncs: events::Asyncs,
@@ -240,7 +252,7 @@ impl Provider {
         tcp_config.mss_v6 = tcp_config.mss_v6.min(link_mss(true));
         Provider {
             tcp_ports: UdpDemux::new(),
-            tcp: stream::TcpHost::new(tcp_config),
+            tcp: stream::TcpShards::new(tcp_config, config.tcp_shards, config.rss.clone()),
             datapath,
             table: SocketTable::new(config.max_sockets),
             config,

@@ -18,13 +18,15 @@ use std::collections::HashMap;
 
 use rustc_hash::{FxHashMap, FxHashSet};
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::{Duration, Instant};
 
+use crossbeam_queue::SegQueue;
 use provider_common::{PROTO_TCP, SteerKey};
 
 use super::Provider;
+use crate::net::rss::RssConfig;
 use crate::socket::entry::{Proto, SocketState, lock};
 use crate::socket::options::Linger;
 use crate::socket::table::Removed;
@@ -50,6 +52,9 @@ pub struct TcpSock {
     pub send_shut: bool,
     /// SD_RECEIVE done: queued or later data resets the connection (Windows rule).
     pub recv_shut: bool,
+    /// A listener's engine listener in every shard (index = shard); `Role::Listening` names
+    /// shard 0's.
+    pub listeners: Vec<ListenerId>,
 }
 
 /// What a stream socket is doing.
@@ -72,15 +77,13 @@ struct ConnSlot {
     endpoint: SocketAddr,
 }
 
-/// The engine and the maps from its handles back to sockets.
+/// One shard's engine and the maps from its handles back to sockets.
 pub(crate) struct TcpInner {
     pub(crate) engine: TcpEngine,
-    /// Overlapped completions collected under the lock, delivered by `with_tcp` after it.
+    /// Overlapped completions collected under the lock, delivered by `with_shard` after it.
     pub(crate) completions: super::events::Done,
     conns: FxHashMap<ConnId, ConnSlot>,
     listeners: FxHashMap<ListenerId, Weak<SocketEntry>>,
-    /// References per steered TCP endpoint: bound sockets plus live connections.
-    endpoint_refs: HashMap<SocketAddr, u32>,
     /// Connections of `wsp_connect` that reached ESTABLISHED while their socket was open. A
     /// nonblocking connect is only noticed when the socket looks; if the connection has been
     /// reset (CLOSED) by then, this says the connect itself succeeded (its data is readable,
@@ -90,36 +93,121 @@ pub(crate) struct TcpInner {
     scratch: Vec<u8>,
 }
 
+/// One shard: the TCP engine of one RX queue (DESIGN §3), behind its own lock. The queue's
+/// thread takes it once per RX batch; socket calls take only the shard of their connection.
 pub(crate) struct TcpHost {
     inner: Mutex<TcpInner>,
-    /// Time spent acquiring `inner` in `with_tcp`.
+    /// Time spent acquiring `inner` in `with_shard`.
     lock_wait: crate::histogram::LatencyHistogram,
-    /// Earliest engine deadline the timer thread knows about, as ns since `epoch` (u64::MAX:
-    /// none). When a call makes an earlier one, the datapath is woken.
+    /// Earliest engine deadline the shard's thread knows about, as ns since `epoch` (u64::MAX:
+    /// none). When a call makes an earlier one, that thread is woken.
     deadline_ns: AtomicU64,
     epoch: Instant,
+    /// Segments of this shard's connections that arrived on another RX queue, handed over by
+    /// that queue's thread (lock-free; drained by this shard's thread).
+    inbox: SegQueue<Forwarded>,
+    /// Segments this shard's engine processed, and how many of them came through `inbox`.
+    segments: AtomicU64,
+    segments_forwarded_in: AtomicU64,
+}
+
+/// A TCP segment passed from the RX queue it arrived on to the shard that owns its flow.
+struct Forwarded {
+    src: IpAddr,
+    dst: IpAddr,
+    segment: Box<[u8]>,
+}
+
+/// Every shard, and what they share: which shard owns a flow, and STEER references.
+pub(crate) struct TcpShards {
+    hosts: Box<[TcpHost]>,
+    /// Ownership of a 4-tuple: the RX queue the device's RSS sends the flow's inbound segments
+    /// to (or the provider's own Toeplitz function where the device gives no usable key).
+    /// Fixed for the provider's life, so a connection never migrates; a segment arriving on
+    /// another queue (veth, a changed indirection table) is forwarded to the owner.
+    router: RssConfig,
+    /// Whether `router` is the device's own function (frames arrive where it says).
+    router_is_device: bool,
+    /// References per steered TCP endpoint: bound sockets plus live connections, over all
+    /// shards. Taken at bind, connect, accept and connection end, never per packet.
+    endpoint_refs: Mutex<HashMap<SocketAddr, u32>>,
+    /// Round-robin choice of the shard for an active open whose port is free to choose.
+    next_connect: AtomicUsize,
 }
 
 impl TcpHost {
-    pub(crate) fn new(config: TcpConfig) -> Self {
-        let mut secret = [0u8; 16];
-        fill_random(&mut secret);
-        let now = Instant::now();
+    fn new(config: TcpConfig, secret: [u8; 16], shard: u16, now: Instant) -> Self {
         TcpHost {
             inner: Mutex::new(TcpInner {
-                engine: TcpEngine::new(config, secret, now),
+                engine: TcpEngine::new(config, secret, now).with_shard(shard),
                 completions: Vec::new(),
                 conns: FxHashMap::default(),
                 listeners: FxHashMap::default(),
-                endpoint_refs: HashMap::new(),
                 established: FxHashSet::default(),
                 scratch: vec![0u8; 65536],
             }),
             lock_wait: Default::default(),
             deadline_ns: AtomicU64::new(u64::MAX),
             epoch: now,
+            inbox: SegQueue::new(),
+            segments: AtomicU64::new(0),
+            segments_forwarded_in: AtomicU64::new(0),
         }
     }
+}
+
+impl TcpShards {
+    /// `shards` engines (at least 1); `rss`: the device's RSS function, if it has a usable one
+    /// covering exactly those queues.
+    pub(crate) fn new(config: TcpConfig, shards: usize, rss: Option<RssConfig>) -> Self {
+        let mut secret = [0u8; 16];
+        fill_random(&mut secret);
+        let now = Instant::now();
+        let n = shards.clamp(1, usize::from(u16::MAX));
+        let (router, router_is_device) = match rss {
+            Some(r) if r.is_computable() => (r, true),
+            _ => (RssConfig::software(n as u32), false),
+        };
+        TcpShards {
+            hosts: (0..n)
+                .map(|k| TcpHost::new(config.clone(), secret, k as u16, now))
+                .collect(),
+            router,
+            router_is_device,
+            endpoint_refs: Mutex::new(HashMap::new()),
+            next_connect: AtomicUsize::new(0),
+        }
+    }
+
+    pub(crate) fn count(&self) -> usize {
+        self.hosts.len()
+    }
+
+    /// The shard that owns the flow `local` ↔ `remote`.
+    fn owner(&self, local: SocketAddr, remote: SocketAddr) -> usize {
+        let n = self.hosts.len();
+        if n == 1 {
+            return 0;
+        }
+        // Inbound segments go remote → local: that is the direction RSS hashes.
+        match self.router.queue_for(remote, local) {
+            Some(q) => q as usize % n,
+            None => (local.port() ^ remote.port()) as usize % n,
+        }
+    }
+}
+
+/// Per-shard counters for `stats`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ShardStats {
+    pub shard: u32,
+    /// Connections in this shard's engine (TIME_WAIT included).
+    pub connections: u64,
+    /// Segments its engine processed.
+    pub segments: u64,
+    /// Of those, segments that arrived on another RX queue and were handed over.
+    pub segments_forwarded_in: u64,
+    pub lock_wait: crate::histogram::LatencySummary,
 }
 
 /// RFC 6528 wants a secret the peer cannot guess; the kernel's generator is the right source.
@@ -174,19 +262,21 @@ fn interrupted(err: WsaError, waited: bool) -> WsaError {
 type Wakes = Vec<Arc<SocketEntry>>;
 
 impl Provider {
-    fn tcp_lock(&self) -> MutexGuard<'_, TcpInner> {
-        lock(&self.tcp.inner)
+    fn shard_lock(&self, k: usize) -> MutexGuard<'_, TcpInner> {
+        lock(&self.tcp.hosts[k].inner)
     }
 
-    /// Run `f` on the engine, then push out what it wants to send and wake who it concerns.
-    pub(super) fn with_tcp<R>(&self, f: impl FnOnce(&mut TcpInner, Instant) -> R) -> R {
+    /// Run `f` on shard `k`'s engine, then push out what it wants to send and wake who it
+    /// concerns.
+    pub(super) fn with_shard<R>(&self, k: usize, f: impl FnOnce(&mut TcpInner, Instant) -> R) -> R {
+        let host = &self.tcp.hosts[k];
         let now = Instant::now();
         let mut wakes = Wakes::new();
         let (r, done, sent) = {
-            let mut inner = self.tcp_lock();
-            self.tcp.lock_wait.record(now.elapsed());
+            let mut inner = lock(&host.inner);
+            host.lock_wait.record(now.elapsed());
             let r = f(&mut inner, now);
-            let sent = self.tcp_pump(&mut inner, now, &mut wakes);
+            let sent = self.tcp_pump(k, &mut inner, now, &mut wakes);
             (r, std::mem::take(&mut inner.completions), sent)
         };
         for e in wakes {
@@ -202,9 +292,23 @@ impl Provider {
         r
     }
 
+    /// `with_shard` on the shard of connection `id`.
+    pub(super) fn with_conn<R>(
+        &self,
+        id: ConnId,
+        f: impl FnOnce(&mut TcpInner, Instant) -> R,
+    ) -> R {
+        self.with_shard(id.shard(), f)
+    }
+
+    /// Shard `id`'s engine, locked, without pumping (reads only).
+    fn conn_lock(&self, id: ConnId) -> MutexGuard<'_, TcpInner> {
+        self.shard_lock(id.shard())
+    }
+
     /// Drain transmits into the datapath's TX ring and events into `wakes`; publish the next
     /// deadline. True if anything was queued for transmission (the caller kicks the ring).
-    fn tcp_pump(&self, inner: &mut TcpInner, now: Instant, wakes: &mut Wakes) -> bool {
+    fn tcp_pump(&self, k: usize, inner: &mut TcpInner, now: Instant, wakes: &mut Wakes) -> bool {
         let mut sent = false;
         // Events may make more to send (overlapped operations progress in `tcp_event`), so
         // alternate until both are drained.
@@ -231,12 +335,13 @@ impl Provider {
                 break;
             }
         }
+        let host = &self.tcp.hosts[k];
         let next = inner.engine.next_timeout().map_or(u64::MAX, |d| {
-            d.saturating_duration_since(self.tcp.epoch).as_nanos() as u64
+            d.saturating_duration_since(host.epoch).as_nanos() as u64
         });
-        let prev = self.tcp.deadline_ns.swap(next, Ordering::AcqRel);
+        let prev = host.deadline_ns.swap(next, Ordering::AcqRel);
         if next < prev {
-            self.datapath.wake();
+            self.datapath.wake_shard(k);
         }
         sent
     }
@@ -271,7 +376,7 @@ impl Provider {
             }
             Event::Closed(id) => {
                 if let Some(slot) = inner.conns.remove(&id) {
-                    self.release_endpoint(inner, slot.endpoint);
+                    self.release_endpoint(slot.endpoint);
                     if let Some(e) = slot.socket.upgrade() {
                         self.async_tcp_event(inner, ev, e.id);
                         wakes.push(e);
@@ -296,20 +401,24 @@ impl Provider {
         }
     }
 
-    fn acquire_endpoint(&self, inner: &mut TcpInner, endpoint: SocketAddr) -> WspResult<()> {
-        let refs = inner.endpoint_refs.get(&endpoint).copied().unwrap_or(0);
-        if refs == 0 {
+    /// One more reference on a steered endpoint (STEER entry added with the first). Lock
+    /// order: shard → endpoint references → datapath.
+    fn acquire_endpoint(&self, endpoint: SocketAddr) -> WspResult<()> {
+        let mut refs = lock(&self.tcp.endpoint_refs);
+        let n = refs.get(&endpoint).copied().unwrap_or(0);
+        if n == 0 {
             self.datapath.steer_add(tcp_steer_key(endpoint))?;
         }
-        inner.endpoint_refs.insert(endpoint, refs + 1);
+        refs.insert(endpoint, n + 1);
         Ok(())
     }
 
-    fn release_endpoint(&self, inner: &mut TcpInner, endpoint: SocketAddr) {
-        if let Some(refs) = inner.endpoint_refs.get_mut(&endpoint) {
-            *refs = refs.saturating_sub(1);
-            if *refs == 0 {
-                inner.endpoint_refs.remove(&endpoint);
+    fn release_endpoint(&self, endpoint: SocketAddr) {
+        let mut refs = lock(&self.tcp.endpoint_refs);
+        if let Some(n) = refs.get_mut(&endpoint) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                refs.remove(&endpoint);
                 self.datapath.steer_remove(tcp_steer_key(endpoint));
             }
         }
@@ -317,46 +426,193 @@ impl Provider {
 
     // ------------------------------------------------------------------ engine-facing
 
-    /// Inbound hook for the engine's queue threads: one TCP segment (header + payload, checksum
-    /// verified) from `src` to `dst`.
-    pub fn deliver_tcp(&self, src: IpAddr, dst: IpAddr, segment: &[u8]) {
-        self.with_tcp(|inner, now| inner.engine.on_segment(now, src, dst, segment));
+    /// How many TCP shards (engines) there are: one per RX queue served at start.
+    pub fn tcp_shards(&self) -> usize {
+        self.tcp.count()
     }
 
-    /// `deliver_tcp` for a whole RX batch: one engine lock, one transmit flush.
-    pub fn deliver_tcp_batch<'a>(
-        &self,
-        segments: impl IntoIterator<Item = (IpAddr, IpAddr, &'a [u8])>,
-    ) {
-        self.with_tcp(|inner, now| {
-            for (src, dst, segment) in segments {
-                inner.engine.on_segment(now, src, dst, segment);
-            }
+    /// Inbound hook for one TCP segment (header + payload, checksum verified) from `src` to
+    /// `dst`, whichever queue it came from: it goes to the shard that owns its flow.
+    pub fn deliver_tcp(&self, src: IpAddr, dst: IpAddr, segment: &[u8]) {
+        let k = self.segment_owner(src, dst, segment);
+        self.tcp.hosts[k].segments.fetch_add(1, Ordering::Relaxed);
+        self.with_shard(k, |inner, now| {
+            inner.engine.on_segment(now, src, dst, segment)
         });
     }
 
-    /// Run expired TCP timers (retransmission, delayed ACK, TIME_WAIT, keepalive, …).
-    pub fn tcp_tick(&self) {
-        self.with_tcp(|inner, now| inner.engine.on_timeout(now));
-    }
-
-    /// When `tcp_tick` should next run (None: no timer pending).
-    pub fn tcp_next_timeout(&self) -> Option<Instant> {
-        match self.tcp.deadline_ns.load(Ordering::Acquire) {
-            u64::MAX => None,
-            ns => Some(self.tcp.epoch + Duration::from_nanos(ns)),
+    /// The shard that owns the flow of a segment (0 if it is too short to name one: the
+    /// engine drops it).
+    fn segment_owner(&self, src: IpAddr, dst: IpAddr, segment: &[u8]) -> usize {
+        match segment.get(..4) {
+            Some(p) if self.tcp.count() > 1 => {
+                let remote = SocketAddr::new(src, u16::from_be_bytes([p[0], p[1]]));
+                let local = SocketAddr::new(dst, u16::from_be_bytes([p[2], p[3]]));
+                self.tcp.owner(local, remote)
+            }
+            _ => 0,
         }
     }
 
-    /// How long `with_tcp` waited for the engine lock, as percentiles.
-    pub(super) fn tcp_lock_wait(&self) -> crate::histogram::LatencySummary {
-        self.tcp.lock_wait.summary()
+    /// An RX batch of queue `queue`, for its shard: one engine lock, one transmit flush.
+    /// Segments of flows another shard owns are handed to it (its inbox, then a wake-up);
+    /// segments other queues handed to this shard are processed in the same pass. A queue
+    /// beyond the shards (the device grew channels) only hands over.
+    pub fn deliver_tcp_batch<'a>(
+        &self,
+        queue: usize,
+        segments: impl IntoIterator<Item = (IpAddr, IpAddr, &'a [u8])>,
+    ) {
+        let n = self.tcp.count();
+        if queue >= n {
+            for (src, dst, segment) in segments {
+                self.forward(self.segment_owner(src, dst, segment), src, dst, segment);
+            }
+            return;
+        }
+        let host = &self.tcp.hosts[queue];
+        let mut woken = 0u64; // bit k: shard k was handed a segment (n ≤ 64 fast path)
+        let mut processed = 0u64;
+        self.with_shard(queue, |inner, now| {
+            for (src, dst, segment) in segments {
+                let mine = n == 1 || {
+                    // Look in this shard first: a flow that lives here is processed without
+                    // computing its hash.
+                    match segment.get(..4) {
+                        Some(p) => {
+                            let remote = SocketAddr::new(src, u16::from_be_bytes([p[0], p[1]]));
+                            let local = SocketAddr::new(dst, u16::from_be_bytes([p[2], p[3]]));
+                            inner.engine.has_tuple(local, remote)
+                                || self.tcp.owner(local, remote) == queue
+                        }
+                        None => true,
+                    }
+                };
+                if mine {
+                    processed += 1;
+                    inner.engine.on_segment(now, src, dst, segment);
+                } else {
+                    let owner = self.segment_owner(src, dst, segment);
+                    self.tcp.hosts[owner].inbox.push(Forwarded {
+                        src,
+                        dst,
+                        segment: segment.into(),
+                    });
+                    woken |= 1u64 << (owner % 64);
+                }
+            }
+            processed += Self::drain_inbox(host, inner, now);
+        });
+        host.segments.fetch_add(processed, Ordering::Relaxed);
+        for k in 0..n.min(64) {
+            if woken & (1u64 << k) != 0 {
+                self.datapath.wake_shard(k);
+            }
+        }
     }
 
-    /// Connections the engine holds (TIME_WAIT and orphans included) and orphans alone.
+    fn forward(&self, owner: usize, src: IpAddr, dst: IpAddr, segment: &[u8]) {
+        self.tcp.hosts[owner].inbox.push(Forwarded {
+            src,
+            dst,
+            segment: segment.into(),
+        });
+        self.datapath.wake_shard(owner);
+    }
+
+    /// Process what other queues handed to this shard (shard lock held). Returns how many.
+    fn drain_inbox(host: &TcpHost, inner: &mut TcpInner, now: Instant) -> u64 {
+        let mut n = 0;
+        while let Some(f) = host.inbox.pop() {
+            inner.engine.on_segment(now, f.src, f.dst, &f.segment);
+            n += 1;
+        }
+        if n > 0 {
+            host.segments_forwarded_in.fetch_add(n, Ordering::Relaxed);
+        }
+        n
+    }
+
+    /// Shard `k`'s handed-over segments, when no RX batch of its own came (its thread was
+    /// woken for them). True if there were any.
+    pub fn tcp_drain_inbox(&self, k: usize) -> bool {
+        let host = &self.tcp.hosts[k];
+        if host.inbox.is_empty() {
+            return false;
+        }
+        let n = self.with_shard(k, |inner, now| Self::drain_inbox(host, inner, now));
+        host.segments.fetch_add(n, Ordering::Relaxed);
+        n > 0
+    }
+
+    /// Run expired TCP timers (retransmission, delayed ACK, TIME_WAIT, keepalive, …) of every
+    /// shard.
+    pub fn tcp_tick(&self) {
+        for k in 0..self.tcp.count() {
+            self.tcp_tick_shard(k);
+        }
+    }
+
+    /// Run shard `k`'s expired timers.
+    pub fn tcp_tick_shard(&self, k: usize) {
+        self.with_shard(k, |inner, now| inner.engine.on_timeout(now));
+    }
+
+    /// When `tcp_tick` should next run (None: no timer pending in any shard).
+    pub fn tcp_next_timeout(&self) -> Option<Instant> {
+        (0..self.tcp.count())
+            .filter_map(|k| self.tcp_next_timeout_shard(k))
+            .min()
+    }
+
+    /// When shard `k`'s timers should next run.
+    pub fn tcp_next_timeout_shard(&self, k: usize) -> Option<Instant> {
+        let host = &self.tcp.hosts[k];
+        match host.deadline_ns.load(Ordering::Acquire) {
+            u64::MAX => None,
+            ns => Some(host.epoch + Duration::from_nanos(ns)),
+        }
+    }
+
+    /// How long `with_shard` waited for the engine locks, as percentiles (all shards).
+    pub(super) fn tcp_lock_wait(&self) -> crate::histogram::LatencySummary {
+        let merged = crate::histogram::LatencyHistogram::default();
+        for h in self.tcp.hosts.iter() {
+            merged.merge(&h.lock_wait);
+        }
+        merged.summary()
+    }
+
+    /// Connections the engines hold (TIME_WAIT and orphans included) and orphans alone.
     pub fn tcp_counts(&self) -> (usize, usize) {
-        let inner = self.tcp_lock();
-        (inner.engine.connection_count(), inner.engine.orphan_count())
+        (0..self.tcp.count()).fold((0, 0), |(c, o), k| {
+            let inner = self.shard_lock(k);
+            (
+                c + inner.engine.connection_count(),
+                o + inner.engine.orphan_count(),
+            )
+        })
+    }
+
+    /// Per-shard counters (connections, segments, hand-overs, lock waits).
+    pub fn tcp_shard_stats(&self) -> Vec<ShardStats> {
+        self.tcp
+            .hosts
+            .iter()
+            .enumerate()
+            .map(|(k, h)| ShardStats {
+                shard: k as u32,
+                connections: self.shard_lock(k).engine.connection_count() as u64,
+                segments: h.segments.load(Ordering::Relaxed),
+                segments_forwarded_in: h.segments_forwarded_in.load(Ordering::Relaxed),
+                lock_wait: h.lock_wait.summary(),
+            })
+            .collect()
+    }
+
+    /// Whether the shards' owner function is the device's own RSS (else the provider's).
+    pub fn tcp_router_is_device(&self) -> bool {
+        self.tcp.router_is_device
     }
 
     // ------------------------------------------------------------------ WSP calls
@@ -402,8 +658,49 @@ impl Provider {
             self.tcp_ports.register(local, e.id, reuse, e.id)?;
             local
         };
-        let mut inner = self.tcp_lock();
-        if let Err(err) = self.acquire_endpoint(&mut inner, local) {
+        if let Err(err) = self.acquire_endpoint(local) {
+            self.tcp_ports.unregister(local, e.id);
+            return Err(err);
+        }
+        Ok(local)
+    }
+
+    /// The implicit bind of a connect: the wildcard address and an ephemeral port chosen so
+    /// that `to`'s replies to `src_ip` land on the next shard's RX queue (any free port if the
+    /// shards' function cannot place one there).
+    fn bind_tcp_for_connect(
+        &self,
+        e: &Arc<SocketEntry>,
+        src_ip: IpAddr,
+        to: SocketAddr,
+        reuse: bool,
+    ) -> WspResult<SocketAddr> {
+        let ip = e.family.unspecified();
+        let n = self.tcp.count();
+        if n == 1 {
+            return self.bind_tcp_endpoint(e, ip, 0, reuse);
+        }
+        let want = self.tcp.next_connect.fetch_add(1, Ordering::Relaxed) % n;
+        let router = &self.tcp.router;
+        let suits = |port: u16| {
+            router
+                .queue_for(to, SocketAddr::new(src_ip, port))
+                .is_some_and(|q| q as usize % n == want)
+        };
+        let range = &self.config.ephemeral_ports;
+        let local = {
+            let _g = lock(&self.bind_lock);
+            match self
+                .tcp_ports
+                .register_ephemeral_where(ip, range, e.id, reuse, e.id, suits)
+            {
+                Ok(l) => l,
+                Err(_) => self
+                    .tcp_ports
+                    .register_ephemeral(ip, range, e.id, reuse, e.id)?,
+            }
+        };
+        if let Err(err) = self.acquire_endpoint(local) {
             self.tcp_ports.unregister(local, e.id);
             return Err(err);
         }
@@ -429,12 +726,30 @@ impl Provider {
         }
         let backlog = backlog.clamp(1, SOMAXCONN) as usize;
         let weak = Arc::downgrade(&e);
-        let l = self.with_tcp(|inner, _| {
-            let l = inner.engine.listen(local, backlog).map_err(map_err)?;
-            inner.listeners.insert(l, weak);
-            Ok::<_, WsaError>(l)
-        })?;
-        st.tcp()?.role = Role::Listening(l);
+        // Listening in every shard: a SYN is handled by the shard that owns its flow.
+        let mut ids = Vec::with_capacity(self.tcp.count());
+        for k in 0..self.tcp.count() {
+            let r = self.with_shard(k, |inner, _| {
+                let l = inner.engine.listen(local, backlog).map_err(map_err)?;
+                inner.listeners.insert(l, weak.clone());
+                Ok::<_, WsaError>(l)
+            });
+            match r {
+                Ok(l) => ids.push(l),
+                Err(err) => {
+                    for l in ids {
+                        self.with_shard(l.shard(), |inner, now| {
+                            inner.listeners.remove(&l);
+                            inner.engine.close_listener(now, l);
+                        });
+                    }
+                    return Err(err);
+                }
+            }
+        }
+        let t = st.tcp()?;
+        t.role = Role::Listening(ids[0]);
+        t.listeners = ids;
         Ok(())
     }
 
@@ -454,38 +769,46 @@ impl Provider {
             if st.interrupts != ep {
                 return Err(WsaError::WSAEINTR);
             }
-            let (l, endpoint) = match &st.proto {
+            let (listeners, endpoint) = match &st.proto {
                 Proto::Tcp(TcpSock {
-                    role: Role::Listening(l),
+                    role: Role::Listening(_),
                     local: Some(local),
+                    listeners,
                     ..
-                }) => (*l, *local),
+                }) => (listeners.clone(), *local),
                 _ => return Err(WsaError::WSAEINVAL),
             };
             let options = st.options.clone();
             let nonblocking = st.nonblocking;
-            let accepted = self.with_tcp(|inner, now| {
-                let got = inner.engine.accept(l);
-                self.async_after_accept(e.id, got.is_some());
-                let id = got?;
-                let remote = inner.engine.remote_addr(id)?;
-                if self.acquire_endpoint(inner, endpoint).is_err() {
-                    inner.engine.abort(now, id);
-                    return None;
-                }
-                inner.engine.set_nodelay(id, options.nodelay);
-                inner.engine.set_keepalive(id, options.keepalive);
-                // Registered now, so a Closed event before the handle exists still releases
-                // the endpoint reference.
-                inner.conns.insert(
-                    id,
-                    ConnSlot {
-                        socket: Weak::new(),
-                        endpoint,
-                    },
-                );
-                Some((id, remote))
+            // Every shard's accept queue, starting at a rotating one so no shard starves.
+            let first = self.tcp.next_connect.fetch_add(1, Ordering::Relaxed);
+            let accepted = (0..listeners.len()).find_map(|i| {
+                let l = listeners[(first + i) % listeners.len()];
+                self.with_shard(l.shard(), |inner, now| {
+                    let id = inner.engine.accept(l)?;
+                    let Some(remote) = inner.engine.remote_addr(id) else {
+                        inner.engine.abort(now, id);
+                        return None;
+                    };
+                    if self.acquire_endpoint(endpoint).is_err() {
+                        inner.engine.abort(now, id);
+                        return None;
+                    }
+                    inner.engine.set_nodelay(id, options.nodelay);
+                    inner.engine.set_keepalive(id, options.keepalive);
+                    // Registered now, so a Closed event before the handle exists still releases
+                    // the endpoint reference.
+                    inner.conns.insert(
+                        id,
+                        ConnSlot {
+                            socket: Weak::new(),
+                            endpoint,
+                        },
+                    );
+                    Some((id, remote))
+                })
             });
+            self.async_after_accept(e.id, accepted.is_some());
             if let Some((id, remote)) = accepted {
                 drop(st);
                 // The accepted socket owns no bind reference (`local` stays None): the
@@ -506,12 +829,12 @@ impl Provider {
                     Ok(h) => h,
                     Err(err) => {
                         // No room for a handle: the connection cannot be handed out; reset it.
-                        self.with_tcp(|inner, now| inner.engine.abort(now, id));
+                        self.with_conn(id, |inner, now| inner.engine.abort(now, id));
                         return Err(err);
                     }
                 };
                 let child_id = weak.upgrade().map(|c| c.id);
-                self.with_tcp(|inner, _| {
+                self.with_conn(id, |inner, _| {
                     if let Some(slot) = inner.conns.get_mut(&id) {
                         slot.socket = weak;
                     }
@@ -573,25 +896,31 @@ impl Provider {
             if !self.datapath.is_up() {
                 return Err(WsaError::WSAENETDOWN);
             }
-            let bound = match st.tcp()?.local {
-                Some(l) => l,
-                None => {
-                    let reuse = st.options.reuse_addr;
-                    let l = self.bind_tcp_endpoint(&e, e.family.unspecified(), 0, reuse)?;
-                    st.tcp()?.local = Some(l);
-                    l
+            let source = |bound: IpAddr| {
+                if bound.is_unspecified() {
+                    self.datapath
+                        .local_addrs()
+                        .into_iter()
+                        .find(|a| Family::of_ip(a) == e.family)
+                        .ok_or(WsaError::WSAENETUNREACH)
+                } else {
+                    Ok(bound)
                 }
             };
-            let src_ip = if bound.ip().is_unspecified() {
-                self.datapath
-                    .local_addrs()
-                    .into_iter()
-                    .find(|a| Family::of_ip(a) == e.family)
-                    .ok_or(WsaError::WSAENETUNREACH)?
-            } else {
-                bound.ip()
+            let (bound, local) = match st.tcp()?.local {
+                Some(l) => (l, SocketAddr::new(source(l.ip())?, l.port())),
+                None => {
+                    // An implicit bind picks a port whose replies the device's RSS brings to
+                    // the connecting shard's queue (round-robin over the shards).
+                    let src_ip = source(e.family.unspecified())?;
+                    let reuse = st.options.reuse_addr;
+                    let l = self.bind_tcp_for_connect(&e, src_ip, to, reuse)?;
+                    st.tcp()?.local = Some(l);
+                    (l, SocketAddr::new(src_ip, l.port()))
+                }
             };
-            let local = SocketAddr::new(src_ip, bound.port());
+            // The flow's owner: where its inbound segments are processed.
+            let shard = self.tcp.owner(local, to);
             let opts = ConnOptions {
                 nodelay: st.options.nodelay,
                 keepalive: st.options.keepalive,
@@ -599,8 +928,8 @@ impl Provider {
                 recv_buffer: Some(st.options.rcvbuf),
             };
             let weak = Arc::downgrade(&e);
-            let id = self.with_tcp(|inner, now| {
-                self.acquire_endpoint(inner, bound)?;
+            let id = self.with_shard(shard, |inner, now| {
+                self.acquire_endpoint(bound)?;
                 match inner.engine.connect(now, local, to, opts) {
                     Ok(id) => {
                         inner.conns.insert(
@@ -613,7 +942,7 @@ impl Provider {
                         Ok(id)
                     }
                     Err(err) => {
-                        self.release_endpoint(inner, bound);
+                        self.release_endpoint(bound);
                         Err(map_err(err))
                     }
                 }
@@ -652,7 +981,7 @@ impl Provider {
     }
 
     fn conn_progress(&self, id: ConnId) -> Progress {
-        let inner = self.tcp_lock();
+        let inner = self.conn_lock(id);
         match inner.engine.state(id) {
             Some(TcpState::SynSent | TcpState::SynReceived) => Progress::Pending,
             // Established, then reset before the socket looked: the connect succeeded.
@@ -711,7 +1040,7 @@ impl Provider {
             }
             let nonblocking = st.nonblocking;
             let n = self
-                .with_tcp(|inner, now| {
+                .with_conn(id, |inner, now| {
                     let n = inner.engine.send(now, id, &buf[done..]);
                     // About to return WSAEWOULDBLOCK: FD_WRITE is re-enabled (Winsock rule).
                     if nonblocking && done == 0 && n == Ok(0) && !buf.is_empty() {
@@ -762,7 +1091,7 @@ impl Provider {
             if buf.is_empty() {
                 return Ok(0);
             }
-            let r = self.with_tcp(|inner, now| {
+            let r = self.with_conn(id, |inner, now| {
                 let r = inner.engine.recv(now, id, buf);
                 self.async_tcp_after_recv(inner, e.id, id);
                 r
@@ -798,12 +1127,12 @@ impl Provider {
         let id = self.connected(&mut st)?;
         if how == SD_SEND || how == SD_BOTH {
             st.tcp()?.send_shut = true;
-            self.with_tcp(|inner, now| inner.engine.shutdown_write(now, id))
+            self.with_conn(id, |inner, now| inner.engine.shutdown_write(now, id))
                 .map_err(map_err)?;
         }
         if how == SD_RECEIVE || how == SD_BOTH {
             st.tcp()?.recv_shut = true;
-            self.with_tcp(|inner, now| {
+            self.with_conn(id, |inner, now| {
                 if inner.engine.recv_available(id) > 0 {
                     inner.engine.abort(now, id);
                 }
@@ -820,7 +1149,7 @@ impl Provider {
             return Err(WsaError::WSAENOTCONN);
         }
         let id = self.connected(&mut st)?;
-        self.tcp_lock()
+        self.conn_lock(id)
             .engine
             .remote_addr(id)
             .ok_or(WsaError::WSAENOTCONN)
@@ -832,7 +1161,7 @@ impl Provider {
         let mut st = e.lock_open()?;
         let t = st.tcp()?;
         if let Role::Connected(id) | Role::Connecting(id) = t.role
-            && let Some(l) = self.tcp_lock().engine.local_addr(id)
+            && let Some(l) = self.conn_lock(id).engine.local_addr(id)
         {
             return Ok(l);
         }
@@ -843,7 +1172,7 @@ impl Provider {
     pub(super) fn stream_readable(&self, st: &mut SocketState) -> WspResult<usize> {
         match st.tcp()?.role {
             Role::Connected(id) | Role::Connecting(id) => {
-                Ok(self.tcp_lock().engine.recv_available(id))
+                Ok(self.conn_lock(id).engine.recv_available(id))
             }
             _ => Ok(0),
         }
@@ -858,7 +1187,7 @@ impl Provider {
         }) = st.tcp()
         {
             let id = *id;
-            self.with_tcp(|inner, _| {
+            self.with_conn(id, |inner, _| {
                 inner.engine.set_nodelay(id, nodelay);
                 inner.engine.set_keepalive(id, keepalive);
             });
@@ -870,7 +1199,7 @@ impl Provider {
         match st.tcp().ok()?.role {
             Role::Failed(err) => Some(err),
             Role::Connected(id) | Role::Connecting(id) => {
-                self.tcp_lock().engine.error(id).map(map_err)
+                self.conn_lock(id).engine.error(id).map(map_err)
             }
             _ => None,
         }
@@ -902,7 +1231,7 @@ impl Provider {
         let timed_linger = linger.l_onoff != 0 && linger.l_linger > 0 && self.datapath.is_up();
         if let (true, true, Role::Connected(id)) = (timed_linger, e.handle_count() <= 1, role) {
             let (unacked, unread) = {
-                let inner = self.tcp_lock();
+                let inner = self.conn_lock(id);
                 (
                     inner.engine.unacked_bytes(id),
                     inner.engine.recv_available(id),
@@ -963,7 +1292,7 @@ impl Provider {
     /// with short timeouts as the acknowledgement clock; never spins.
     fn linger_wait(&self, e: &SocketEntry, id: ConnId, limit: Duration) -> ClosePath {
         let deadline = Instant::now() + limit;
-        let _ = self.with_tcp(|inner, now| {
+        let _ = self.with_conn(id, |inner, now| {
             // The final ACK raises an event that wakes this wait: no polling for it.
             inner.engine.notify_when_drained(id);
             inner.engine.shutdown_write(now, id)
@@ -971,7 +1300,7 @@ impl Provider {
         loop {
             let seen = e.signal.generation();
             let (unacked, state) = {
-                let inner = self.tcp_lock();
+                let inner = self.conn_lock(id);
                 (inner.engine.unacked_bytes(id), inner.engine.state(id))
             };
             if unacked == 0 || matches!(state, None | Some(TcpState::Closed)) {
@@ -979,7 +1308,7 @@ impl Provider {
             }
             let now = Instant::now();
             if now >= deadline {
-                self.with_tcp(|inner, now| inner.engine.abort(now, id));
+                self.with_conn(id, |inner, now| inner.engine.abort(now, id));
                 return ClosePath::LingerTimeoutReset;
             }
             e.signal.wait(seen, Some(deadline - now));
@@ -992,21 +1321,33 @@ impl Provider {
     /// every connection still in its queues. The socket's own endpoint reference goes; the
     /// connection keeps its own until the engine is done with it (TIME_WAIT included).
     pub(super) fn stream_release(&self, e: &Arc<SocketEntry>, lingered: Option<ClosePath>) {
-        let (role, local, linger) = {
+        let (role, local, linger, listeners) = {
             let mut st = lock(&e.state);
             let linger: Linger = st.options.linger;
             match st.tcp() {
-                Ok(t) => (t.role, t.local.take(), linger),
+                Ok(t) => (
+                    t.role,
+                    t.local.take(),
+                    linger,
+                    std::mem::take(&mut t.listeners),
+                ),
                 Err(_) => return,
             }
         };
-        let path = self.with_tcp(|inner, now| {
+        // A listener listens in every shard.
+        for l in listeners {
+            self.with_shard(l.shard(), |inner, now| {
+                inner.listeners.remove(&l);
+                inner.engine.close_listener(now, l);
+            });
+        }
+        let shard = match role {
+            Role::Connecting(id) | Role::Connected(id) => id.shard(),
+            _ => 0,
+        };
+        let path = self.with_shard(shard, |inner, now| {
             let path = match role {
-                Role::Listening(l) => {
-                    inner.listeners.remove(&l);
-                    inner.engine.close_listener(now, l);
-                    None
-                }
+                Role::Listening(_) => None,
                 Role::Connecting(id) | Role::Connected(id) => {
                     if let Some(slot) = inner.conns.get_mut(&id) {
                         slot.socket = Weak::new();
@@ -1037,7 +1378,7 @@ impl Provider {
                 Role::Idle | Role::Failed(_) => None,
             };
             if let Some(local) = local {
-                self.release_endpoint(inner, local);
+                self.release_endpoint(local);
             }
             path
         });
@@ -1065,7 +1406,9 @@ impl Provider {
 
     /// Orphans the engine reset at their deadline (the fifth close path).
     pub(super) fn orphan_timeouts(&self) -> u64 {
-        self.tcp_lock().engine.orphan_timeouts()
+        (0..self.tcp.count())
+            .map(|k| self.shard_lock(k).engine.orphan_timeouts())
+            .sum()
     }
 }
 

@@ -67,8 +67,9 @@ pub struct XdpDatapath {
     pub(super) queue_counters: Vec<QueueCounters>,
     /// Queues with frames reserved by `send_ip` and not yet kicked.
     tx_pending: Vec<AtomicBool>,
-    /// Wakes the timer thread when an earlier TCP deadline appears.
-    pub(super) waker: super::wake::Waker,
+    /// One per queue slot: wakes the thread serving that queue when one of its TCP shards has
+    /// an earlier deadline or was handed segments by another queue.
+    pub(super) wakers: Vec<super::wake::Waker>,
     /// While an async driver task runs (`aio::drive`), `flush_tx` leaves the kick to it: the
     /// task is woken and kicks once for everything the application's tasks queued in one
     /// scheduling round, instead of one system call per send.
@@ -97,7 +98,7 @@ impl XdpDatapath {
         xsks: Vec<Mutex<Option<Xsk>>>,
         xsk_config: XskConfig,
         neighbours: Neighbours,
-        waker: super::wake::Waker,
+        wakers: Vec<super::wake::Waker>,
     ) -> Self {
         let served = xsks.iter().take_while(|x| lock(x).is_some()).count();
         Self {
@@ -114,13 +115,20 @@ impl XdpDatapath {
             xsk_config,
             queue_counters: xsks.iter().map(|_| QueueCounters::default()).collect(),
             tx_pending: xsks.iter().map(|_| AtomicBool::new(false)).collect(),
-            waker,
+            wakers,
             deferred_kick: Mutex::new(None),
             kick_wanted: AtomicBool::new(false),
             xsks,
             neighbours: Mutex::new(neighbours),
             running: Arc::new(AtomicBool::new(true)),
             counters: EngineCounters::default(),
+        }
+    }
+
+    /// Wake every queue's thread (stop, or a change they must all see).
+    pub(super) fn wake_all(&self) {
+        for w in &self.wakers {
+            w.wake();
         }
     }
 
@@ -303,6 +311,12 @@ impl XdpDatapath {
             xdp,
             queues,
             engine: self.counters.snapshot(),
+            tcp_shards: provider.tcp_shard_stats(),
+            tcp_flow_owner: if provider.tcp_router_is_device() {
+                "device-rss"
+            } else {
+                "software"
+            },
             sockets: provider.stats(),
         }
     }
@@ -434,7 +448,12 @@ impl Datapath for XdpDatapath {
     }
 
     fn wake(&self) {
-        self.waker.wake();
+        self.wake_all();
+    }
+
+    fn wake_shard(&self, shard: usize) {
+        // Shard k is run by the thread of queue k, or (queue released) of k mod served.
+        self.wakers[shard % self.served_count()].wake();
     }
 
     fn local_addrs(&self) -> Vec<IpAddr> {

@@ -122,18 +122,30 @@ impl Driver {
         }
     }
 
-    /// The descriptors to wait on for readability: every queue's AF_XDP socket, then the
-    /// eventfd that announces an earlier TCP timer.
+    /// The descriptors to wait on for readability: every queue's AF_XDP socket, then one
+    /// eventfd per queue that announces an earlier TCP timer or segments handed over between
+    /// queues (from index [`socket_count`](Self::socket_count) on).
     pub fn fds(&self) -> impl Iterator<Item = BorrowedFd<'_>> {
         self.pollers
             .iter()
             .map(|p| p.as_fd())
-            .chain(std::iter::once(self.dp.waker.as_fd()))
+            .chain(self.wakers().map(|w| w.as_fd()))
     }
 
-    /// Consume a timer wake-up (after the eventfd was seen readable).
+    /// How many of [`fds`](Self::fds) are AF_XDP sockets (the rest are wake-up eventfds).
+    pub fn socket_count(&self) -> usize {
+        self.pollers.len()
+    }
+
+    fn wakers(&self) -> impl Iterator<Item = &super::wake::Waker> {
+        self.dp.wakers.iter().take(self.pollers.len().max(1))
+    }
+
+    /// Consume the wake-ups (after an eventfd was seen readable).
     pub fn clear_wake(&self) {
-        self.dp.waker.drain();
+        for w in self.wakers() {
+            w.drain();
+        }
     }
 
     /// Leave TX kicks to the task `waker` wakes: until [`end_deferred_kicks`]
@@ -180,7 +192,8 @@ impl Driver {
                     continue;
                 }
                 let timeout = idle_timeout_ms(until, Instant::now());
-                self.dp.waker.wait_any(&self.pollers, timeout);
+                let wakers: Vec<_> = self.wakers().collect();
+                super::wake::wait_any(&self.pollers, &wakers, timeout);
             } else {
                 spin.traffic();
             }

@@ -215,6 +215,27 @@ fn link_sized_provider_config() -> ProviderConfig {
     config
 }
 
+/// The device's RSS function if the provider can compute it and every indirection entry names
+/// a served queue (0..queues); else None (the provider's own function, and hand-over of
+/// segments that arrive elsewhere).
+fn device_rss(iface: &str, queues: u32) -> Option<crate::net::rss::RssConfig> {
+    if queues <= 1 {
+        return None;
+    }
+    match crate::net::ethtool::rss(iface) {
+        Ok(Some(r)) if r.is_computable() && r.indirection.iter().all(|&q| q < queues) => Some(r),
+        Ok(Some(r)) => {
+            tracing::info!(interface = %iface, hfunc = ?r.hfunc, "device RSS not usable for flow ownership; using the provider's own");
+            None
+        }
+        Ok(None) => None,
+        Err(err) => {
+            tracing::debug!(interface = %iface, %err, "reading RSS failed");
+            None
+        }
+    }
+}
+
 /// A running provider on one interface. Dropping it stops the queue threads, unregisters the
 /// sockets and detaches the XDP program, so the interface's traffic goes to the kernel again.
 pub struct Engine {
@@ -287,10 +308,13 @@ impl Engine {
                 what: "opening rtnetlink",
                 source,
             })?;
-        let waker = wake::Waker::new().map_err(|source| EngineError::Io {
-            what: "creating the timer eventfd",
-            source,
-        })?;
+        let wakers = (0..plan.capacity)
+            .map(|_| wake::Waker::new())
+            .collect::<std::io::Result<Vec<_>>>()
+            .map_err(|source| EngineError::Io {
+                what: "creating the timer eventfds",
+                source,
+            })?;
         let interface = datapath::Interface {
             name: iface.clone(),
             ifindex: plan.ifindex,
@@ -300,11 +324,22 @@ impl Engine {
             checksums: plan.checksums,
         };
         let datapath = Arc::new(XdpDatapath::new(
-            interface, steering, xsks, config.xsk, neighbours, waker,
+            interface, steering, xsks, config.xsk, neighbours, wakers,
         ));
         // The engine derives the MSS from the MTU it can receive (`Provider::new` clamps the
         // configured bound to the link).
-        let provider = Arc::new(Provider::new(datapath.clone(), config.provider.clone()));
+        // One TCP engine (shard) per queue served now; flows are owned by the device's RSS
+        // function where it has a usable one over exactly these queues.
+        let mut provider_config = config.provider.clone();
+        provider_config.tcp_shards = nqueues.max(1) as usize;
+        provider_config.rss = device_rss(&iface, nqueues);
+        let provider = Arc::new(Provider::new(datapath.clone(), provider_config));
+        tracing::info!(
+            interface = %iface,
+            shards = provider.tcp_shards(),
+            device_rss = provider.tcp_router_is_device(),
+            "TCP engines: one per RX queue"
+        );
         let running = datapath.running_flag();
         let threads = Arc::new(Mutex::new(Vec::new()));
         if config.drive == Drive::Threads {
@@ -448,7 +483,7 @@ impl Engine {
     fn shutdown(&mut self) {
         self.datapath.set_down();
         // An application-driven loop asleep on the eventfd notices at once.
-        self.datapath.waker.wake();
+        self.datapath.wake_all();
         if let Some(m) = self.monitor.take() {
             let _ = m.join();
         }

@@ -29,8 +29,6 @@ pub enum Progress {
 /// [`Driver`](super::Driver) when the application's own event loop drives the engine.
 pub(super) struct QueueStep {
     queue: u32,
-    /// Queue 0 also runs the TCP timers.
-    timers: bool,
     /// TCP segments are copied out of the RX frames and handed to the TCP engine after the
     /// queue's lock is released: the engine transmits (taking TX locks) as it processes them.
     tcp: TcpBatch,
@@ -40,7 +38,6 @@ impl QueueStep {
     pub(super) fn new(queue: u32) -> Self {
         Self {
             queue,
-            timers: queue == 0,
             tcp: TcpBatch::default(),
         }
     }
@@ -65,9 +62,12 @@ impl QueueStep {
             xsk.reap_completions();
             n
         };
-        if !self.tcp.segments.is_empty() {
+        let mut busy = n > 0;
+        let delivered = !self.tcp.segments.is_empty();
+        if delivered {
             let bytes = &self.tcp.bytes;
             provider.deliver_tcp_batch(
+                queue,
                 self.tcp
                     .segments
                     .drain(..)
@@ -75,31 +75,34 @@ impl QueueStep {
             );
             self.tcp.bytes.clear();
         }
+        let shards = shards_of(queue, dp.served_count(), provider.tcp_shards());
+        for k in shards.clone() {
+            // The batch delivery drained this queue's own shard's inbox already.
+            if !(delivered && k == queue) && provider.tcp_drain_inbox(k) {
+                busy = true;
+            }
+        }
         dp.counters.add_rx(n as u64);
         dp.queue_counters[queue]
             .rx_frames
             .fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
-        let mut until = None;
-        if self.timers
-            && let Some(deadline) = provider.tcp_next_timeout()
-        {
-            if deadline <= Instant::now() {
-                provider.tcp_tick();
-                dp.queue_counters[queue].busy_pass.record(started.elapsed());
-                return Progress::Busy;
+        let mut until: Option<Instant> = None;
+        for k in shards {
+            if let Some(deadline) = provider.tcp_next_timeout_shard(k) {
+                if deadline <= Instant::now() {
+                    provider.tcp_tick_shard(k);
+                    busy = true;
+                } else {
+                    until = Some(until.map_or(deadline, |u| u.min(deadline)));
+                }
             }
-            until = Some(deadline);
         }
-        if n > 0 {
+        if busy {
             dp.queue_counters[queue].busy_pass.record(started.elapsed());
             Progress::Busy
         } else {
             Progress::Idle { until }
         }
-    }
-
-    pub(super) fn runs_timers(&self) -> bool {
-        self.timers
     }
 }
 
@@ -131,12 +134,19 @@ pub(super) fn run(queue: u32, dp: &XdpDatapath, provider: &Provider, cfg: &Engin
             continue;
         }
         let timeout_ms = idle_timeout_ms(until, Instant::now());
-        if step.runs_timers() {
-            dp.waker.wait(&poller, timeout_ms);
-        } else {
-            poller.wait_readable(timeout_ms);
-        }
+        dp.wakers[queue as usize].wait(&poller, timeout_ms);
     }
+}
+
+/// The TCP shards queue `queue`'s thread runs: its own (shard `queue`), and those of released
+/// queues that map onto it (`k mod served == queue`). A queue beyond the shards runs none: it
+/// hands every segment to its owner.
+pub(super) fn shards_of(
+    queue: usize,
+    served: usize,
+    shards: usize,
+) -> std::iter::StepBy<std::ops::Range<usize>> {
+    (queue..shards.max(queue)).step_by(served.max(1))
 }
 
 /// Adaptive polling ([`EngineConfig::spin_after_traffic`], [`EngineConfig::busy_poll`]):

@@ -148,5 +148,11 @@ pub struct EngineStats {
     pub xdp: VerdictCounters,
     pub queues: Vec<QueueStats>,
     pub engine: EngineCounterSnapshot,
+    /// One TCP engine per RX queue served at start: its connections, the segments it
+    /// processed and how many of them another queue handed over (a flow's segments arriving
+    /// on a queue other than its owner's).
+    pub tcp_shards: Vec<crate::api::stream::ShardStats>,
+    /// "device-rss" when flow ownership follows the device's RSS function, else "software".
+    pub tcp_flow_owner: &'static str,
     pub sockets: ProviderStats,
 }

@@ -60,23 +60,28 @@ impl Waker {
         }
         n > 0 && fds[0].revents & libc::POLLIN != 0
     }
+}
 
-    /// `wait` on several AF_XDP sockets at once (an application-driven `Driver`).
-    pub fn wait_any<F: AsFd>(&self, xsks: &[F], timeout_ms: i32) {
-        let mut fds: Vec<libc::pollfd> = xsks
-            .iter()
-            .map(|x| x.as_fd().as_raw_fd())
-            .chain(std::iter::once(self.fd.as_raw_fd()))
-            .map(|fd| libc::pollfd {
-                fd,
-                events: libc::POLLIN,
-                revents: 0,
-            })
-            .collect();
-        // SAFETY: `fds` is a live array of `fds.len()` pollfds; poll does not keep the pointer.
-        let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
-        if n > 0 && fds.last().is_some_and(|p| p.revents & libc::POLLIN != 0) {
-            self.drain();
+/// `Waker::wait` on several AF_XDP sockets and wakers at once (an application-driven
+/// `Driver`); drains the wakers that fired.
+pub fn wait_any<F: AsFd>(xsks: &[F], wakers: &[&Waker], timeout_ms: i32) {
+    let mut fds: Vec<libc::pollfd> = xsks
+        .iter()
+        .map(|x| x.as_fd().as_raw_fd())
+        .chain(wakers.iter().map(|w| w.fd.as_raw_fd()))
+        .map(|fd| libc::pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        })
+        .collect();
+    // SAFETY: `fds` is a live array of `fds.len()` pollfds; poll does not keep the pointer.
+    let n = unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, timeout_ms) };
+    if n > 0 {
+        for (p, w) in fds[xsks.len()..].iter().zip(wakers) {
+            if p.revents & libc::POLLIN != 0 {
+                w.drain();
+            }
         }
     }
 }

@@ -28,6 +28,12 @@ pub trait Datapath: Send + Sync + 'static {
     /// A TCP timer earlier than the last one published exists: have the timer thread re-read
     /// `Provider::tcp_next_timeout`.
     fn wake(&self);
+    /// As `wake`, for the thread that runs TCP shard `shard` (its timers, and segments other
+    /// queues handed to it). Datapaths with one timer thread need not override it.
+    fn wake_shard(&self, shard: usize) {
+        let _ = shard;
+        self.wake();
+    }
     /// Addresses of the provider's interface; binding any other specific address is
     /// WSAEADDRNOTAVAIL.
     fn local_addrs(&self) -> Vec<IpAddr>;

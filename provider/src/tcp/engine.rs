@@ -49,6 +49,8 @@ struct ListenerSlot {
 /// [`Event::Closed`] names a handle the user never saw.
 #[derive(Debug)]
 pub struct TcpEngine {
+    /// Which of the provider's per-RX-queue engines this is; stamped into every handle.
+    shard: u16,
     cfg: TcpConfig,
     epoch: Instant,
     isn: IsnGenerator,
@@ -75,6 +77,7 @@ impl TcpEngine {
     pub fn new(config: TcpConfig, secret: [u8; 16], now: Instant) -> Self {
         let challenge = RateLimiter::new(config.challenge_ack_limit);
         Self {
+            shard: 0,
             cfg: config,
             epoch: now,
             isn: IsnGenerator::new(secret, now),
@@ -94,6 +97,23 @@ impl TcpEngine {
         }
     }
 
+    /// This engine as shard `shard` of several (one per RX queue): its handles carry the
+    /// number, and handles of other shards are strangers to it.
+    pub fn with_shard(mut self, shard: u16) -> Self {
+        self.shard = shard;
+        self
+    }
+
+    /// The shard number (0 for a lone engine).
+    pub fn shard(&self) -> usize {
+        usize::from(self.shard)
+    }
+
+    /// Whether a connection to `remote` from `local` lives here (TIME_WAIT included).
+    pub fn has_tuple(&self, local: SocketAddr, remote: SocketAddr) -> bool {
+        self.by_tuple.contains_key(&(local, remote))
+    }
+
     /// The configuration.
     pub fn config(&self) -> &TcpConfig {
         &self.cfg
@@ -104,7 +124,11 @@ impl TcpEngine {
     fn alloc(&mut self) -> ConnId {
         if let Some(index) = self.free.pop() {
             let generation = self.slots[index as usize].generation;
-            return ConnId { index, generation };
+            return ConnId {
+                shard: self.shard,
+                index,
+                generation,
+            };
         }
         self.slots.push(Slot {
             generation: 0,
@@ -114,6 +138,7 @@ impl TcpEngine {
             half_open: false,
         });
         ConnId {
+            shard: self.shard,
             index: (self.slots.len() - 1) as u32,
             generation: 0,
         }
@@ -122,7 +147,7 @@ impl TcpEngine {
     fn slot(&self, id: ConnId) -> Option<&Slot> {
         self.slots
             .get(id.index as usize)
-            .filter(|s| s.generation == id.generation && s.conn.is_some())
+            .filter(|s| id.shard == self.shard && s.generation == id.generation && s.conn.is_some())
     }
 
     /// The connection behind a user handle (not one the user closed, nor an unaccepted one).
@@ -151,7 +176,7 @@ impl TcpEngine {
         f: impl FnOnce(&mut Conn, &mut Ctx<'_>) -> R,
     ) -> Option<R> {
         let slot = self.slots.get_mut(id.index as usize)?;
-        if slot.generation != id.generation {
+        if slot.generation != id.generation || id.shard != self.shard {
             return None;
         }
         let conn = slot.conn.as_deref_mut()?;
@@ -174,7 +199,7 @@ impl TcpEngine {
         let Some(slot) = self.slots.get_mut(id.index as usize) else {
             return;
         };
-        if slot.generation != id.generation {
+        if slot.generation != id.generation || id.shard != self.shard {
             return;
         }
         let Some(conn) = slot.conn.as_deref_mut() else {
@@ -498,6 +523,7 @@ impl TcpEngine {
         let s = &mut self.listeners[index];
         s.listener = Some(l);
         let id = ListenerId {
+            shard: self.shard,
             index: index as u32,
             generation: s.generation,
         };
@@ -507,6 +533,9 @@ impl TcpEngine {
 
     /// Takes one established connection from the accept queue.
     pub fn accept(&mut self, l: ListenerId) -> Option<ConnId> {
+        if l.shard != self.shard {
+            return None;
+        }
         loop {
             let id = listener_mut(&mut self.listeners, l)?
                 .accept_queue
@@ -528,6 +557,9 @@ impl TcpEngine {
 
     /// Closes a listener; every connection still in its SYN or accept queue is reset.
     pub fn close_listener(&mut self, now: Instant, l: ListenerId) {
+        if l.shard != self.shard {
+            return;
+        }
         let Some(slot) = self.listeners.get_mut(l.index as usize) else {
             return;
         };
@@ -650,6 +682,7 @@ impl TcpEngine {
     pub fn notify_when_drained(&mut self, id: ConnId) {
         if let Some(slot) = self.slots.get_mut(id.index as usize)
             && slot.generation == id.generation
+            && id.shard == self.shard
             && let Some(c) = slot.conn.as_deref_mut()
         {
             c.want_drained();
@@ -665,6 +698,7 @@ impl TcpEngine {
     pub fn set_nodelay(&mut self, id: ConnId, on: bool) {
         if let Some(slot) = self.slots.get_mut(id.index as usize)
             && slot.generation == id.generation
+            && id.shard == self.shard
             && let Some(c) = slot.conn.as_deref_mut()
             && !c.released
         {
@@ -680,6 +714,7 @@ impl TcpEngine {
     pub fn set_keepalive(&mut self, id: ConnId, on: bool) {
         if let Some(slot) = self.slots.get_mut(id.index as usize)
             && slot.generation == id.generation
+            && id.shard == self.shard
             && let Some(c) = slot.conn.as_deref_mut()
             && !c.released
         {

@@ -6,15 +6,32 @@ use std::net::SocketAddr;
 /// connection that reuses the slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ConnId {
+    /// The engine (shard) that made it: an engine ignores handles of another shard.
+    pub(crate) shard: u16,
     pub(crate) index: u32,
     pub(crate) generation: u32,
+}
+
+impl ConnId {
+    /// The shard (engine) the connection lives in.
+    pub fn shard(self) -> usize {
+        usize::from(self.shard)
+    }
 }
 
 /// A listener handle: slab index plus generation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ListenerId {
+    pub(crate) shard: u16,
     pub(crate) index: u32,
     pub(crate) generation: u32,
+}
+
+impl ListenerId {
+    /// The shard (engine) the listener lives in.
+    pub fn shard(self) -> usize {
+        usize::from(self.shard)
+    }
 }
 
 /// RFC 9293 §3.3.2 connection states.

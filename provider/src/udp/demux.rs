@@ -112,6 +112,20 @@ impl<T: Clone> UdpDemux<T> {
         reuse: bool,
         value: T,
     ) -> WspResult<SocketAddr> {
+        self.register_ephemeral_where(ip, range, id, reuse, value, |_| true)
+    }
+
+    /// `register_ephemeral`, taking only a free port `suits` accepts (an active open wants a
+    /// port whose RSS hash brings the replies to its own RX queue).
+    pub fn register_ephemeral_where(
+        &self,
+        ip: IpAddr,
+        range: &RangeInclusive<u16>,
+        id: u64,
+        reuse: bool,
+        value: T,
+        suits: impl Fn(u16) -> bool,
+    ) -> WspResult<SocketAddr> {
         let (lo, hi) = ((*range.start()).max(1), *range.end());
         if lo > hi {
             return Err(WsaError::WSAENOBUFS);
@@ -130,7 +144,7 @@ impl<T: Clone> UdpDemux<T> {
         };
         let port = (0..span)
             .map(|i| lo + ((start + i) % span) as u16)
-            .find(|p| maps.ports.get(&(family, *p)).copied().unwrap_or(0) == 0)
+            .find(|p| maps.ports.get(&(family, *p)).copied().unwrap_or(0) == 0 && suits(*p))
             .ok_or(WsaError::WSAENOBUFS)?;
         let next = if port == hi { lo } else { port + 1 };
         match family {
