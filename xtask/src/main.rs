@@ -123,6 +123,9 @@ enum BenchCmd {
         /// Run the provider processes with `--busy-poll` (spin instead of sleeping when idle).
         #[arg(long)]
         busy_poll: bool,
+        /// RX queues of the lab veth; the provider serves every one (one TCP shard each).
+        #[arg(long, default_value_t = 1)]
+        queues: u32,
     },
     /// tokio on the provider (`provider::aio`) vs the same tokio code on kernel sockets:
     /// sockperf latency / message rate against a tokio sockperf server, wrk requests/s
@@ -269,6 +272,7 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode> {
                 rounds,
                 perf,
                 busy_poll,
+                queues,
             } => xtask::bench_tcp::tcp(&xtask::bench_tcp::TcpBenchOptions {
                 seconds,
                 bytes,
@@ -276,6 +280,7 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode> {
                 rounds,
                 perf,
                 busy_poll,
+                queues,
             })?,
             BenchCmd::Async {
                 seconds,

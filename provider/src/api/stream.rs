@@ -320,7 +320,7 @@ impl Provider {
                 let segment = &scratch[..t.len];
                 if let Err(err) =
                     self.datapath
-                        .send_ip(t.local.ip(), t.remote.ip(), PROTO_TCP, segment)
+                        .send_ip_on(k, t.local.ip(), t.remote.ip(), PROTO_TCP, segment)
                 {
                     tracing::debug!(%err, remote = %t.remote, "TCP segment not sent");
                 }
@@ -435,8 +435,8 @@ impl Provider {
     /// `dst`, whichever queue it came from: it goes to the shard that owns its flow.
     pub fn deliver_tcp(&self, src: IpAddr, dst: IpAddr, segment: &[u8]) {
         let k = self.segment_owner(src, dst, segment);
-        self.tcp.hosts[k].segments.fetch_add(1, Ordering::Relaxed);
         self.with_shard(k, |inner, now| {
+            self.tcp.hosts[k].segments.fetch_add(1, Ordering::Relaxed);
             inner.engine.on_segment(now, src, dst, segment)
         });
     }
@@ -502,8 +502,9 @@ impl Provider {
                 }
             }
             processed += Self::drain_inbox(host, inner, now);
+            // Counted under the shard lock, so a snapshot taken under it is consistent.
+            host.segments.fetch_add(processed, Ordering::Relaxed);
         });
-        host.segments.fetch_add(processed, Ordering::Relaxed);
         for k in 0..n.min(64) {
             if woken & (1u64 << k) != 0 {
                 self.datapath.wake_shard(k);
@@ -540,8 +541,11 @@ impl Provider {
         if host.inbox.is_empty() {
             return false;
         }
-        let n = self.with_shard(k, |inner, now| Self::drain_inbox(host, inner, now));
-        host.segments.fetch_add(n, Ordering::Relaxed);
+        let n = self.with_shard(k, |inner, now| {
+            let n = Self::drain_inbox(host, inner, now);
+            host.segments.fetch_add(n, Ordering::Relaxed);
+            n
+        });
         n > 0
     }
 
@@ -600,12 +604,16 @@ impl Provider {
             .hosts
             .iter()
             .enumerate()
-            .map(|(k, h)| ShardStats {
-                shard: k as u32,
-                connections: self.shard_lock(k).engine.connection_count() as u64,
-                segments: h.segments.load(Ordering::Relaxed),
-                segments_forwarded_in: h.segments_forwarded_in.load(Ordering::Relaxed),
-                lock_wait: h.lock_wait.summary(),
+            .map(|(k, h)| {
+                // Read under the shard lock: the counters move only under it.
+                let inner = self.shard_lock(k);
+                ShardStats {
+                    shard: k as u32,
+                    connections: inner.engine.connection_count() as u64,
+                    segments: h.segments.load(Ordering::Relaxed),
+                    segments_forwarded_in: h.segments_forwarded_in.load(Ordering::Relaxed),
+                    lock_wait: h.lock_wait.summary(),
+                }
             })
             .collect()
     }

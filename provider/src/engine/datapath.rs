@@ -37,6 +37,13 @@ pub(super) struct Interface {
 
 /// How long a send waits for the kernel to resolve a missing neighbour.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Destination → (next-hop MAC, when it was resolved).
+type MacCache = rustc_hash::FxHashMap<IpAddr, ([u8; 6], std::time::Instant)>;
+
+/// How long a queue trusts a next-hop MAC it resolved (the kernel's table may change).
+const MAC_CACHE_TTL: Duration = Duration::from_secs(1);
+/// Entries a queue's MAC cache holds before expired ones are pruned.
+const MAC_CACHE_MAX: usize = 4096;
 /// How many times a send reaps completions and retries before reporting WSAENOBUFS.
 const TX_RETRIES: usize = 64;
 
@@ -62,6 +69,9 @@ pub struct XdpDatapath {
     /// How sockets of queues bound later are made.
     xsk_config: XskConfig,
     neighbours: Mutex<Neighbours>,
+    /// Per TX queue: next-hop MACs resolved recently, so a send takes only its queue's locks
+    /// (the shared `neighbours` only on a miss, at most once per destination per second).
+    mac_cache: Vec<Mutex<MacCache>>,
     running: Running,
     pub(super) counters: EngineCounters,
     pub(super) queue_counters: Vec<QueueCounters>,
@@ -101,6 +111,7 @@ impl XdpDatapath {
         wakers: Vec<super::wake::Waker>,
     ) -> Self {
         let served = xsks.iter().take_while(|x| lock(x).is_some()).count();
+        let capacity = xsks.len();
         Self {
             name,
             ifindex,
@@ -120,6 +131,7 @@ impl XdpDatapath {
             kick_wanted: AtomicBool::new(false),
             xsks,
             neighbours: Mutex::new(neighbours),
+            mac_cache: (0..capacity).map(|_| Mutex::default()).collect(),
             running: Arc::new(AtomicBool::new(true)),
             counters: EngineCounters::default(),
         }
@@ -333,7 +345,7 @@ impl XdpDatapath {
         if !self.is_running() {
             return Err(WsaError::WSAENETDOWN);
         }
-        let dst_mac = self.next_hop_mac(dst)?;
+        let dst_mac = self.next_hop_mac(dst, q)?;
         let mut slot = lock(&self.xsks[q]);
         if slot.is_none() {
             // The queue was released between the choice and the lock; queue 0 serves while
@@ -388,7 +400,27 @@ impl XdpDatapath {
         Ok(())
     }
 
-    fn next_hop_mac(&self, dst: IpAddr) -> Result<[u8; 6], WsaError> {
+    /// The next-hop MAC for `dst`, from queue `q`'s cache when fresh.
+    fn next_hop_mac(&self, dst: IpAddr, q: usize) -> Result<[u8; 6], WsaError> {
+        let now = std::time::Instant::now();
+        if let Some(cache) = self.mac_cache.get(q) {
+            if let Some(&(mac, at)) = lock(cache).get(&dst)
+                && now.duration_since(at) < MAC_CACHE_TTL
+            {
+                return Ok(mac);
+            }
+            let mac = self.resolve_mac(dst)?;
+            let mut c = lock(cache);
+            if c.len() >= MAC_CACHE_MAX {
+                c.retain(|_, (_, at)| now.duration_since(*at) < MAC_CACHE_TTL);
+            }
+            c.insert(dst, (mac, now));
+            return Ok(mac);
+        }
+        self.resolve_mac(dst)
+    }
+
+    fn resolve_mac(&self, dst: IpAddr) -> Result<[u8; 6], WsaError> {
         let mut n = lock(&self.neighbours);
         let hop = n.next_hop(dst).map_err(|_| WsaError::WSAENETUNREACH)?;
         n.resolve(hop, RESOLVE_TIMEOUT).map_err(|err| {
@@ -423,6 +455,21 @@ impl Datapath for XdpDatapath {
         let q = src.port() as usize % self.served_count();
         self.transmit(dst.ip(), q, true, &|buf, mac, dst_mac| {
             frame::build_udp(buf, mac, dst_mac, None, src, dst, payload)
+        })
+    }
+
+    fn send_ip_on(
+        &self,
+        shard: usize,
+        src: IpAddr,
+        dst: IpAddr,
+        proto: u8,
+        l4: &[u8],
+    ) -> Result<(), WsaError> {
+        // Shard k transmits on queue k (mod the served count after a shrink).
+        let q = shard % self.served_count();
+        self.transmit(dst, q, false, &|buf, mac, dst_mac| {
+            frame::build_ip(buf, mac, dst_mac, None, src, dst, proto, l4)
         })
     }
 

@@ -23,6 +23,19 @@ pub trait Datapath: Send + Sync + 'static {
     /// `src` to `dst` with protocol `proto`; the datapath adds Ethernet and IP headers. Not
     /// visible on the wire before `flush_tx`. Must not call back into the provider.
     fn send_ip(&self, src: IpAddr, dst: IpAddr, proto: u8, l4: &[u8]) -> Result<(), WsaError>;
+    /// `send_ip` from TCP shard `shard`: a datapath with a TX queue per shard sends it there,
+    /// so shards never share a TX ring (or its lock).
+    fn send_ip_on(
+        &self,
+        shard: usize,
+        src: IpAddr,
+        dst: IpAddr,
+        proto: u8,
+        l4: &[u8],
+    ) -> Result<(), WsaError> {
+        let _ = shard;
+        self.send_ip(src, dst, proto, l4)
+    }
     /// Push every queued packet to the wire.
     fn flush_tx(&self);
     /// A TCP timer earlier than the last one published exists: have the timer thread re-read
