@@ -4,9 +4,10 @@
 //! `u32` so several sums can be added with plain `+` and folded once ([`fold`]). The wire value of a
 //! checksum field is `!fold(..)` ([`finish`]).
 //!
-//! [`sum`] reads 8 bytes at a time in native byte order into a `u64` with end-around carry: the
-//! one's-complement sum is independent of byte order up to a final byte swap (RFC 1071 §2(B)), so the
-//! loop needs no per-word swapping.
+//! [`sum`] adds 32-bit native-order words into eight independent `u64` lanes (no carry chain, so
+//! the compiler vectorises it), then the tail 8 bytes at a time with end-around carry: the
+//! one's-complement sum is independent of byte order up to a final byte swap (RFC 1071 §2(B)), so
+//! the loop needs no per-word swapping.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 
@@ -28,8 +29,21 @@ pub fn finish(sum: u32) -> u16 {
 /// The one's-complement sum of `data` as big-endian 16-bit words (a trailing odd byte is padded with
 /// a zero), folded to 16 bits and returned in a `u32` for cheap combination.
 pub fn sum(data: &[u8]) -> u32 {
-    let mut acc: u64 = 0;
-    let mut chunks = data.chunks_exact(8);
+    // Bulk: 32-bit native words added into eight independent u64 lanes. 2^16 ≡ 1 modulo
+    // 2^16 − 1, so a sum of 32-bit words folds to the same one's-complement sum as the 16-bit
+    // words; a lane cannot overflow below 2^32 words (16 GiB), so the loop has no carry chain
+    // and LLVM vectorises it (several times faster than the carry-propagating loop below).
+    let mut lanes = [0u64; 8];
+    let mut blocks = data.chunks_exact(32);
+    for b in &mut blocks {
+        for (i, lane) in lanes.iter_mut().enumerate() {
+            let w = u32::from_ne_bytes([b[4 * i], b[4 * i + 1], b[4 * i + 2], b[4 * i + 3]]);
+            *lane += u64::from(w);
+        }
+    }
+    // Each lane folded to < 2^33 first, so the eight together stay < 2^36.
+    let mut acc: u64 = lanes.iter().map(|&l| (l & 0xffff_ffff) + (l >> 32)).sum();
+    let mut chunks = blocks.remainder().chunks_exact(8);
     for c in &mut chunks {
         let w = u64::from_ne_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]);
         let (s, carry) = acc.overflowing_add(w);
@@ -146,6 +160,25 @@ mod tests {
         let ones = vec![0xffu8; 1501];
         assert_eq!(sum(&ones), u32::from(reference(&ones)));
         assert_eq!(sum(&[]), 0);
+    }
+
+    #[test]
+    fn matches_reference_for_jumbo_and_maximum_segments() {
+        let data = pseudo_random(65535, 11);
+        for len in [32, 33, 63, 64, 1448, 8948, 9000, 65535] {
+            assert_eq!(
+                sum(&data[..len]),
+                u32::from(reference(&data[..len])),
+                "len {len}"
+            );
+            assert_eq!(
+                sum(&data[1..len]),
+                u32::from(reference(&data[1..len])),
+                "len {len}−1"
+            );
+        }
+        let ones = vec![0xffu8; 65535];
+        assert_eq!(sum(&ones), u32::from(reference(&ones)));
     }
 
     #[test]
