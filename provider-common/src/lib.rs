@@ -113,6 +113,8 @@ pub mod stat {
 pub const PROG_STEER: &str = "steer";
 /// Name of the bare `XDP_PASS` program used as the benchmark baseline.
 pub const PROG_PASS: &str = "pass";
+/// Name of the benchmark reference: `steer`'s parse, then an unconditional redirect.
+pub const PROG_PARSE_REDIRECT: &str = "parse_redirect";
 /// Name of the `XDP_TX` program the live-frame generator runs.
 pub const PROG_XMIT: &str = "xmit";
 /// Map names.

@@ -4,6 +4,9 @@
 //! looks the destination endpoint up in `STEER`. A hit is redirected to the AF_XDP socket of the RX
 //! queue the frame came in on; everything else — and a hit with no socket bound on that queue — goes
 //! on to the kernel (DESIGN §2). Every read is bounds-checked right before it happens.
+//!
+//! `parse_redirect` is the benchmark's reference: the same parse, then an unconditional redirect —
+//! the floor any steering program pays.
 #![no_std]
 #![no_main]
 
@@ -90,6 +93,20 @@ pub fn steer(ctx: XdpContext) -> u32 {
         }
     };
     verdict
+}
+
+/// The benchmark's reference for `steer`: the same parse and bounds checks, then a redirect of
+/// every well-formed TCP/UDP frame to the RX queue's AF_XDP socket (falling back to `XDP_PASS`
+/// like `steer`), with no lookup and no counters. What `steer` costs above this is the price of
+/// deciding "ours?".
+#[xdp]
+pub fn parse_redirect(ctx: XdpContext) -> u32 {
+    match classify(&ctx) {
+        Ok(_) => match XSKS.redirect(ctx.rx_queue_index(), xdp_action::XDP_PASS as u64) {
+            Ok(action) | Err(action) => action,
+        },
+        Err(_) => xdp_action::XDP_PASS,
+    }
 }
 
 /// The benchmark baseline: does nothing but pass.

@@ -19,8 +19,8 @@ use aya::{
     programs::{ProgramError, TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
 };
 use provider_common::{
-    FAMILY_V4, MAP_PORTS, MAP_STATS, MAP_STEER, MAP_XSKS, PORT_SPECIFIC, PORT_WILDCARD, PROG_PASS,
-    PROG_STEER, PROG_XMIT, SteerKey, SteerValue, port_index, stat,
+    FAMILY_V4, MAP_PORTS, MAP_STATS, MAP_STEER, MAP_XSKS, PORT_SPECIFIC, PORT_WILDCARD,
+    PROG_PARSE_REDIRECT, PROG_PASS, PROG_STEER, PROG_XMIT, SteerKey, SteerValue, port_index, stat,
 };
 use thiserror::Error;
 
@@ -64,14 +64,19 @@ pub enum AttachMode {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Prog {
     Steer,
+    /// The benchmark reference: `steer`'s parse, then an unconditional redirect.
+    ParseRedirect,
     Pass,
     Xmit,
 }
 
 impl Prog {
+    const ALL: [Prog; 4] = [Prog::Steer, Prog::ParseRedirect, Prog::Pass, Prog::Xmit];
+
     const fn name(self) -> &'static str {
         match self {
             Prog::Steer => PROG_STEER,
+            Prog::ParseRedirect => PROG_PARSE_REDIRECT,
             Prog::Pass => PROG_PASS,
             Prog::Xmit => PROG_XMIT,
         }
@@ -167,8 +172,8 @@ impl std::fmt::Debug for Steering {
 }
 
 impl Steering {
-    /// Load the object and its three programs into the kernel (verifier included); nothing is
-    /// attached yet.
+    /// Load the object and its programs into the kernel (verifier included); nothing is attached
+    /// yet.
     pub fn load() -> Result<Self, XdpError> {
         Self::load_with(false)
     }
@@ -185,7 +190,7 @@ impl Steering {
         } else {
             None
         };
-        for name in [PROG_STEER, PROG_PASS, PROG_XMIT] {
+        for name in Prog::ALL.map(Prog::name) {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
                 .ok_or(XdpError::MissingProgram(name))?
