@@ -39,9 +39,7 @@ struct XdpCase {
 /// `parse_redirect` reference (same parse, unconditional redirect) in the same run. Rounds are
 /// interleaved across programs so a noisy moment hits them all alike; the best round counts.
 pub fn bench_xdp(args: BenchXdpArgs) -> Result<(), Box<dyn std::error::Error>> {
-    // Addresses on the "full" port: 8 IPv4 or 2 IPv6 (one more on the "spilled" port).
-    const PORT_INLINE_V4: usize = 8;
-    const PORT_INLINE_V6: usize = 2;
+    use provider_common::{PORT_INLINE_V4, PORT_INLINE_V6};
     let mut s = Steering::load()?;
     let mut cases = Vec::new();
     let mut references = Vec::new();
