@@ -150,7 +150,7 @@ fn is_ours(dst: &Dst) -> bool {
     }
     let valid = entry.valid;
     if valid == 0 && flags & PORT_SPILLED == 0 {
-        // Nothing on this port: the common not-ours case stops here, address never read.
+        // No endpoint on this port: the common not-ours case stops here, address never read.
         return false;
     }
     if dst.family == FAMILY_V4 {

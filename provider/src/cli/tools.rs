@@ -29,8 +29,9 @@ struct XdpCase {
     label: String,
     v6: bool,
     frame: Vec<u8>,
-    /// Whether the target (≤ `XDP_STEER_MAX_RATIO` × `parse_redirect`) applies: every
-    /// path except the spilled-port fallback, which pays the `STEER` hash by design.
+    /// Whether the target (`steer` ≤ 1.2× `parse_redirect`, xtask's `XDP_STEER_MAX_RATIO`)
+    /// applies: every path except the spilled-port fallback, which pays the `STEER` hash by
+    /// design.
     in_target: bool,
 }
 
