@@ -18,6 +18,9 @@ fn main() {
         ebpf_dir.join("src"),
         ebpf_dir.join("Cargo.toml"),
         ebpf_dir.join("Cargo.lock"),
+        // Its rustflags (target features) and toolchain change the object too.
+        ebpf_dir.join(".cargo/config.toml"),
+        ebpf_dir.join("rust-toolchain.toml"),
         common_dir.join("src"),
     ] {
         println!("cargo:rerun-if-changed={}", path.display());

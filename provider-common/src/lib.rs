@@ -15,8 +15,10 @@ pub const PROTO_UDP: u8 = 17;
 
 /// Key of the `STEER` map: one local endpoint the provider owns.
 ///
-/// An endpoint bound to the wildcard address is stored with `addr` all zero; the XDP program looks
-/// up the exact address first and the wildcard second.
+/// An endpoint bound to the wildcard address is stored with `addr` all zero. `STEER` holds every
+/// endpoint, but the XDP program looks a key up in it only for a spilled port (`PORT_SPILLED`):
+/// wildcard endpoints and up to `PORT_INLINE_V4` / `PORT_INLINE_V6` specific addresses per port
+/// are answered by the port's `PortEntry` in `PORTS`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
@@ -65,17 +67,73 @@ pub struct SteerValue {
     pub flags: u32,
 }
 
-/// `PORTS` value bit: some endpoint on this (family, proto, port) is bound to the wildcard address.
+/// `PortEntry::flags` bit: some endpoint on this (family, proto, port) is bound to the wildcard
+/// address, so every frame to the port is ours whatever its destination address.
 pub const PORT_WILDCARD: u8 = 1;
-/// `PORTS` value bit: some endpoint on this (family, proto, port) has a specific address (look it
-/// up in `STEER`).
-pub const PORT_SPECIFIC: u8 = 2;
+/// `PortEntry::flags` bit: the port has more specific addresses than `PortEntry` holds inline;
+/// an address found in no inline slot must still be looked up in `STEER`.
+pub const PORT_SPILLED: u8 = 2;
 /// Entries of the `PORTS` array: 2 families × 2 protocols × 65536 ports.
 pub const PORTS_CAPACITY: u32 = 4 * 65536;
+/// Specific IPv4 addresses one `PortEntry` holds inline (one per `PortEntry::addrs` word).
+pub const PORT_INLINE_V4: usize = 8;
+/// Specific IPv6 addresses one `PortEntry` holds inline (four `PortEntry::addrs` words each).
+pub const PORT_INLINE_V6: usize = 2;
 
-/// Index into `PORTS`. The array answers "is any endpoint on this port ours?" with one inlined
-/// array access, so frames for ports we do not own pay no hash lookup, and wildcard-bound
-/// endpoints (the common server case) need none either.
+/// Value of the `PORTS` array: everything the XDP program needs to decide "ours?" for a
+/// (family, proto, port) without a hash lookup in the common cases.
+///
+/// A port whose specific addresses all fit inline is decided by comparing the frame's
+/// destination against at most `PORT_INLINE_V4` IPv4 words (or `PORT_INLINE_V6` IPv6 addresses)
+/// in the entry the array access already points at; only a port with more specific addresses than that sets
+/// `PORT_SPILLED` and costs a `STEER` lookup for destinations found in no slot. `STEER` itself
+/// still holds every endpoint (it is the registry `steered_keys` reads), so the inline slots are a
+/// copy of some of its keys, never the only record.
+///
+/// Userspace rewrites an entry in place while the program may be reading it on another CPU (an
+/// array update is a plain copy, not an atomic swap), so each rewrite changes either only bytes of
+/// slots whose `valid` bit is clear, or only one bit of `flags` / `valid`: a concurrent reader then
+/// sees the old or the new answer for every address, never a torn one (see
+/// `provider::xdp::ports`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "user", derive(bytemuck::Pod, bytemuck::Zeroable))]
+pub struct PortEntry {
+    /// `PORT_WILDCARD` | `PORT_SPILLED`.
+    pub flags: u8,
+    /// Bit i set: inline slot i holds a steered address (bits 0..`PORT_INLINE_V4` for IPv4,
+    /// 0..`PORT_INLINE_V6` for IPv6).
+    pub valid: u8,
+    /// Explicit padding so the type has none (Pod) and `addrs` is 8-byte aligned.
+    pub _pad: [u8; 6],
+    /// Inline addresses as they appear on the wire, read as native-endian words: IPv4 slot i is
+    /// word i, IPv6 slot j is words 4j..4j+4.
+    pub addrs: [u32; 8],
+}
+
+impl PortEntry {
+    /// A wire-order IPv4 address as an IPv4 slot of `addrs` stores it.
+    #[inline(always)]
+    pub const fn v4_word(addr: [u8; 4]) -> u32 {
+        u32::from_ne_bytes(addr)
+    }
+
+    /// A wire-order IPv6 address as the four words of an IPv6 slot (`addrs[4j..4j + 4]`).
+    #[inline(always)]
+    pub const fn v6_words(addr: [u8; 16]) -> [u32; 4] {
+        [
+            u32::from_ne_bytes([addr[0], addr[1], addr[2], addr[3]]),
+            u32::from_ne_bytes([addr[4], addr[5], addr[6], addr[7]]),
+            u32::from_ne_bytes([addr[8], addr[9], addr[10], addr[11]]),
+            u32::from_ne_bytes([addr[12], addr[13], addr[14], addr[15]]),
+        ]
+    }
+}
+
+/// Index into `PORTS`. The array answers "is this frame ours?" with one inlined array access for
+/// ports we do not own, wildcard-bound ports and ports with up to `PORT_INLINE_V4` /
+/// `PORT_INLINE_V6` specific addresses; only a spilled port (more than that) also pays a hash
+/// lookup.
 #[inline(always)]
 pub const fn port_index(family: u8, proto: u8, port: u16) -> u32 {
     (((family == FAMILY_V6) as u32) << 17) | (((proto == PROTO_UDP) as u32) << 16) | port as u32
@@ -113,6 +171,8 @@ pub mod stat {
 pub const PROG_STEER: &str = "steer";
 /// Name of the bare `XDP_PASS` program used as the benchmark baseline.
 pub const PROG_PASS: &str = "pass";
+/// Name of the benchmark reference: `steer`'s parse, then an unconditional redirect.
+pub const PROG_PARSE_REDIRECT: &str = "parse_redirect";
 /// Name of the `XDP_TX` program the live-frame generator runs.
 pub const PROG_XMIT: &str = "xmit";
 /// Map names.
@@ -132,3 +192,7 @@ unsafe impl aya::Pod for SteerKey {}
 #[cfg(feature = "user")]
 // SAFETY: as above.
 unsafe impl aya::Pod for SteerValue {}
+#[cfg(feature = "user")]
+// SAFETY: as above (`_pad` makes the padding explicit, and bytemuck's derive checks there is none
+// left).
+unsafe impl aya::Pod for PortEntry {}

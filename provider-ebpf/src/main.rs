@@ -1,9 +1,14 @@
 //! `steer`: the XDP program that hands the provider's flows to its AF_XDP sockets.
 //!
 //! Parses Ethernet (one 802.1Q tag), IPv4 (any IHL) or IPv6 (fixed header), then TCP or UDP, and
-//! looks the destination endpoint up in `STEER`. A hit is redirected to the AF_XDP socket of the RX
-//! queue the frame came in on; everything else — and a hit with no socket bound on that queue — goes
-//! on to the kernel (DESIGN §2). Every read is bounds-checked right before it happens.
+//! decides whether the destination endpoint is ours from the port's `PORTS` entry (wildcard bit and
+//! inline specific addresses), falling back to the `STEER` hash only for a port with more specific
+//! addresses than fit inline. Ours is redirected to the AF_XDP socket of the RX queue the frame
+//! came in on; everything else — and ours with no socket bound on that queue — goes on to the
+//! kernel (DESIGN §2). Every read is bounds-checked right before it happens.
+//!
+//! `parse_redirect` is the benchmark's reference: the same parse, then an unconditional redirect —
+//! the floor any steering program pays.
 #![no_std]
 #![no_main]
 
@@ -21,16 +26,18 @@ use network_types::{
     vlan::VlanHdr,
 };
 use provider_common::{
-    PORT_SPECIFIC, PORT_WILDCARD, PORTS_CAPACITY, PROTO_TCP, PROTO_UDP, STEER_CAPACITY, SteerKey,
-    SteerValue, XSKS_CAPACITY, port_index, stat,
+    FAMILY_V4, FAMILY_V6, PORT_INLINE_V4, PORT_INLINE_V6, PORT_SPILLED, PORT_WILDCARD,
+    PORTS_CAPACITY, PROTO_TCP, PROTO_UDP, PortEntry, STEER_CAPACITY, SteerKey, SteerValue,
+    XSKS_CAPACITY, port_index, stat,
 };
 
 #[map]
 static STEER: HashMap<SteerKey, SteerValue> = HashMap::with_max_entries(STEER_CAPACITY, 0);
 
-/// Per (family, proto, port): `PORT_WILDCARD` / `PORT_SPECIFIC` bits, kept by userspace.
+/// Per (family, proto, port): wildcard bit, inline specific addresses and the spilled bit, kept by
+/// userspace (`provider::xdp::ports`). The one map lookup most frames pay.
 #[map]
-static PORTS: Array<u8> = Array::with_max_entries(PORTS_CAPACITY, 0);
+static PORTS: Array<PortEntry> = Array::with_max_entries(PORTS_CAPACITY, 0);
 
 #[map]
 static XSKS: XskMap = XskMap::with_max_entries(XSKS_CAPACITY, 0);
@@ -58,9 +65,9 @@ enum Pass {
 
 #[xdp]
 pub fn steer(ctx: XdpContext) -> u32 {
-    let verdict = match classify(&ctx) {
-        Ok(key) => {
-            if lookup(&key) {
+    match classify(&ctx) {
+        Ok(dst) => {
+            if is_ours(&dst) {
                 match XSKS.redirect(ctx.rx_queue_index(), xdp_action::XDP_PASS as u64) {
                     Ok(action) => {
                         count(stat::STEERED);
@@ -88,8 +95,21 @@ pub fn steer(ctx: XdpContext) -> u32 {
             });
             xdp_action::XDP_PASS
         }
-    };
-    verdict
+    }
+}
+
+/// The benchmark's reference for `steer`: the same parse and bounds checks, then a redirect of
+/// every well-formed TCP/UDP frame to the RX queue's AF_XDP socket (falling back to `XDP_PASS`
+/// like `steer`), with no lookup and no counters. What `steer` costs above this is the price of
+/// deciding "ours?".
+#[xdp]
+pub fn parse_redirect(ctx: XdpContext) -> u32 {
+    match classify(&ctx) {
+        Ok(_) => match XSKS.redirect(ctx.rx_queue_index(), xdp_action::XDP_PASS as u64) {
+            Ok(action) | Err(action) => action,
+        },
+        Err(_) => xdp_action::XDP_PASS,
+    }
 }
 
 /// The benchmark baseline: does nothing but pass.
@@ -105,17 +125,79 @@ pub fn xmit(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_TX
 }
 
-/// Ours if some endpoint on the port is wildcard-bound, or the exact address is in `STEER`.
+/// The destination endpoint of a parsed frame. The address stays in the frame: only a port with
+/// specific addresses needs it, so misses and wildcard ports never load it.
+struct Dst {
+    family: u8,
+    proto: u8,
+    /// Host byte order.
+    port: u16,
+    /// The destination address in the frame: 4 bytes (IPv4) or 16 (IPv6), inside the IP header
+    /// that `classify` bounds-checked.
+    addr: *const u8,
+}
+
+/// Ours iff the port has a wildcard endpoint, or the destination address is one of the port's
+/// specific addresses: inline in its `PORTS` entry, or (spilled port only) in `STEER`.
 #[inline(always)]
-fn lookup(key: &SteerKey) -> bool {
-    let flags = PORTS
-        .get(port_index(key.family, key.proto, key.port))
-        .copied()
-        .unwrap_or(0);
-    if flags & PORT_SPECIFIC != 0 && STEER.get_ptr(key).is_some() {
+fn is_ours(dst: &Dst) -> bool {
+    let Some(entry) = PORTS.get(port_index(dst.family, dst.proto, dst.port)) else {
+        return false;
+    };
+    let flags = entry.flags;
+    if flags & PORT_WILDCARD != 0 {
         return true;
     }
-    flags & PORT_WILDCARD != 0
+    let valid = entry.valid;
+    if valid == 0 && flags & PORT_SPILLED == 0 {
+        // No endpoint on this port: the common not-ours case stops here, address never read.
+        return false;
+    }
+    if dst.family == FAMILY_V4 {
+        // SAFETY: `addr` points at the IPv4 destination, inside the header `classify_v4` checked;
+        // an unaligned read, as the frame gives no alignment.
+        let word = unsafe { core::ptr::read_unaligned(dst.addr as *const u32) };
+        // Constant bound: LLVM unrolls it into PORT_INLINE_V4 compares, no loop for the verifier.
+        for i in 0..PORT_INLINE_V4 {
+            if valid & (1 << i) != 0 && entry.addrs[i] == word {
+                return true;
+            }
+        }
+        flags & PORT_SPILLED != 0
+            && STEER
+                .get_ptr(SteerKey::v4(dst.proto, word.to_ne_bytes(), dst.port))
+                .is_some()
+    } else {
+        let p = dst.addr as *const u32;
+        // SAFETY: `addr` points at the 16-byte IPv6 destination, inside the header
+        // `classify_v6` checked; unaligned reads, as the frame gives no alignment.
+        let w = unsafe {
+            [
+                core::ptr::read_unaligned(p),
+                core::ptr::read_unaligned(p.add(1)),
+                core::ptr::read_unaligned(p.add(2)),
+                core::ptr::read_unaligned(p.add(3)),
+            ]
+        };
+        for j in 0..PORT_INLINE_V6 {
+            let s = &entry.addrs[4 * j..4 * j + 4];
+            if valid & (1 << j) != 0 && s[0] == w[0] && s[1] == w[1] && s[2] == w[2] && s[3] == w[3]
+            {
+                return true;
+            }
+        }
+        flags & PORT_SPILLED != 0 && STEER.get_ptr(spilled_v6_key(dst, &w)).is_some()
+    }
+}
+
+/// The `STEER` key of an IPv6 destination given as the words `is_ours` compared.
+#[inline(always)]
+fn spilled_v6_key(dst: &Dst, w: &[u32; 4]) -> SteerKey {
+    let mut addr = [0u8; 16];
+    for (chunk, word) in addr.chunks_exact_mut(4).zip(w) {
+        chunk.copy_from_slice(&word.to_ne_bytes());
+    }
+    SteerKey::v6(dst.proto, addr, dst.port)
 }
 
 #[inline(always)]
@@ -150,7 +232,7 @@ fn frame_len(ctx: &XdpContext) -> usize {
 }
 
 #[inline(always)]
-fn classify(ctx: &XdpContext) -> Result<SteerKey, Pass> {
+fn classify(ctx: &XdpContext) -> Result<Dst, Pass> {
     let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(Pass::Malformed)?;
     // SAFETY: ptr_at checked the header lies inside the frame.
     let mut ether_type = u16::from_be(unsafe { (*eth).ether_type });
@@ -173,16 +255,15 @@ fn classify(ctx: &XdpContext) -> Result<SteerKey, Pass> {
 }
 
 #[inline(always)]
-fn classify_v4(ctx: &XdpContext, l3: usize) -> Result<SteerKey, Pass> {
+fn classify_v4(ctx: &XdpContext, l3: usize) -> Result<Dst, Pass> {
     let ip: *const Ipv4Hdr = ptr_at(ctx, l3).ok_or(Pass::Malformed)?;
     // SAFETY: bounds checked by ptr_at.
-    let (vihl, tot_len, frags, proto, dst) = unsafe {
+    let (vihl, tot_len, frags, proto) = unsafe {
         (
             (*ip).vihl,
             u16::from_be_bytes((*ip).tot_len) as usize,
             u16::from_be_bytes((*ip).frags),
             (*ip).proto,
-            (*ip).dst_addr,
         )
     };
     let ihl = ((vihl & 0x0f) as usize) * 4;
@@ -194,19 +275,24 @@ fn classify_v4(ctx: &XdpContext, l3: usize) -> Result<SteerKey, Pass> {
         return Err(Pass::Fragment);
     }
     let port = l4_dst_port(ctx, l3 + ihl, tot_len - ihl, proto)?;
-    Ok(SteerKey::v4(proto, dst, port))
+    Ok(Dst {
+        family: FAMILY_V4,
+        proto,
+        port,
+        // SAFETY: a field address inside the checked header; nothing is read here.
+        addr: unsafe { &raw const (*ip).dst_addr } as *const u8,
+    })
 }
 
 #[inline(always)]
-fn classify_v6(ctx: &XdpContext, l3: usize) -> Result<SteerKey, Pass> {
+fn classify_v6(ctx: &XdpContext, l3: usize) -> Result<Dst, Pass> {
     let ip: *const Ipv6Hdr = ptr_at(ctx, l3).ok_or(Pass::Malformed)?;
     // SAFETY: bounds checked by ptr_at.
-    let (vcf0, payload_len, next, dst) = unsafe {
+    let (vcf0, payload_len, next) = unsafe {
         (
             (*ip).vcf[0],
             u16::from_be_bytes((*ip).payload_len) as usize,
             (*ip).next_hdr,
-            (*ip).dst_addr,
         )
     };
     if vcf0 >> 4 != 6 || l3 + Ipv6Hdr::LEN + payload_len > frame_len(ctx) {
@@ -220,7 +306,13 @@ fn classify_v6(ctx: &XdpContext, l3: usize) -> Result<SteerKey, Pass> {
         });
     }
     let port = l4_dst_port(ctx, l3 + Ipv6Hdr::LEN, payload_len, next)?;
-    Ok(SteerKey::v6(next, dst, port))
+    Ok(Dst {
+        family: FAMILY_V6,
+        proto: next,
+        port,
+        // SAFETY: a field address inside the checked header; nothing is read here.
+        addr: unsafe { &raw const (*ip).dst_addr } as *const u8,
+    })
 }
 
 /// IPv6 extension headers (RFC 8200 §4 and the IANA registry) that may precede TCP/UDP.

@@ -21,36 +21,154 @@ pub struct BenchXdpArgs {
     rounds: u32,
 }
 
-/// ns/packet of `steer` (steered hit, not-ours miss) against the bare `pass` program, same run.
+/// One `steer` measurement: a frame and the path it takes through the program.
+struct XdpCase {
+    /// JSON id, e.g. `v4_specific`.
+    id: String,
+    /// Table label.
+    label: String,
+    v6: bool,
+    frame: Vec<u8>,
+    /// Whether the target (`steer` ≤ 1.2× `parse_redirect`, xtask's `XDP_STEER_MAX_RATIO`)
+    /// applies: every path except the spilled-port fallback, which pays the `STEER` hash by
+    /// design.
+    in_target: bool,
+}
+
+/// ns/packet of `steer` on each path (not ours, wildcard port, specific address inline — first
+/// and last slot —, spilled port), IPv4 and IPv6, against the bare `pass` program and the
+/// `parse_redirect` reference (same parse, unconditional redirect) in the same run. Rounds are
+/// interleaved across programs so a noisy moment hits them all alike; the best round counts.
 pub fn bench_xdp(args: BenchXdpArgs) -> Result<(), Box<dyn std::error::Error>> {
+    use provider_common::{PORT_INLINE_V4, PORT_INLINE_V6};
     let mut s = Steering::load()?;
-    let ours: SocketAddr = "198.18.0.1:7777".parse()?;
-    let peer: SocketAddr = "198.18.0.2:40000".parse()?;
-    s.steer_add(SteerKey::v4(PROTO_UDP, [198, 18, 0, 1], 7777))?;
-    s.steer_add(SteerKey::v4(PROTO_UDP, [0; 4], 7778))?;
-    let hit = udp_frame(peer, ours, 64);
-    let hit_wildcard = udp_frame(peer, "198.18.0.1:7778".parse()?, 64);
-    let miss = udp_frame(peer, "198.18.0.1:9".parse()?, 64);
-    let best = |prog: Prog, frame: &[u8]| -> Result<f64, Box<dyn std::error::Error>> {
-        let mut best = f64::MAX;
-        for _ in 0..args.rounds {
-            let out = s.test_run(prog, frame, args.repeat)?;
-            best = best.min(out.per_run.as_nanos() as f64);
+    let mut cases = Vec::new();
+    let mut references = Vec::new();
+    for v6 in [false, true] {
+        let fam = if v6 { "v6" } else { "v4" };
+        let inline = if v6 { PORT_INLINE_V6 } else { PORT_INLINE_V4 };
+        let local = |i: usize, port: u16| -> SocketAddr {
+            if v6 {
+                SocketAddr::new(
+                    IpAddr::V6(std::net::Ipv6Addr::new(0x2001, 2, 0, 0, 0, 0, 0, i as u16)),
+                    port,
+                )
+            } else {
+                SocketAddr::new(
+                    IpAddr::V4(std::net::Ipv4Addr::new(198, 18, 0, i as u8)),
+                    port,
+                )
+            }
+        };
+        let peer = if v6 {
+            "[2001:2::ee]:40000"
+        } else {
+            "198.18.0.238:40000"
         }
-        Ok(best)
+        .parse()?;
+        let key = |addr: SocketAddr| match addr.ip() {
+            IpAddr::V4(a) => SteerKey::v4(PROTO_UDP, a.octets(), addr.port()),
+            IpAddr::V6(a) => SteerKey::v6(PROTO_UDP, a.octets(), addr.port()),
+        };
+        let wildcard = if v6 { "[::]:7778" } else { "0.0.0.0:7778" }.parse()?;
+        // 7777: one specific address; 7778: wildcard; 7779: every inline slot used; 7780: one
+        // address more than fits inline (the last one added spills to STEER).
+        s.steer_add(key(local(1, 7777)))?;
+        s.steer_add(key(wildcard))?;
+        for i in 1..=inline {
+            s.steer_add(key(local(i, 7779)))?;
+        }
+        for i in 1..=inline + 1 {
+            s.steer_add(key(local(i, 7780)))?;
+        }
+        let mut case = |id: &str, label: String, dst: SocketAddr, in_target: bool| {
+            cases.push(XdpCase {
+                id: format!("{fam}_{id}"),
+                label: format!("{fam} {label}"),
+                v6,
+                frame: udp_frame(peer, dst, 64),
+                in_target,
+            });
+        };
+        case("miss", "not ours, port unused".into(), local(1, 9), true);
+        case(
+            "miss_full_port",
+            format!("not ours, other address on a {inline}-address port"),
+            local(inline + 2, 7779),
+            true,
+        );
+        case(
+            "wildcard",
+            "ours, wildcard-bound port".into(),
+            local(1, 7778),
+            true,
+        );
+        case(
+            "specific",
+            "ours, specific address".into(),
+            local(1, 7777),
+            true,
+        );
+        case(
+            "specific_last_slot",
+            format!("ours, specific, last of {inline} inline"),
+            local(inline, 7779),
+            true,
+        );
+        case(
+            "spilled",
+            format!("ours, specific, spilled ({} on port)", inline + 1),
+            local(inline + 1, 7780),
+            false,
+        );
+        references.push(udp_frame(peer, local(1, 7777), 64));
+    }
+    // Slot 0: bare pass; 1, 2: parse_redirect on v4 / v6; then the steer cases.
+    let mut runs: Vec<(Prog, &[u8])> = vec![
+        (Prog::Pass, &references[0]),
+        (Prog::ParseRedirect, &references[0]),
+        (Prog::ParseRedirect, &references[1]),
+    ];
+    runs.extend(cases.iter().map(|c| (Prog::Steer, c.frame.as_slice())));
+    let mut best = vec![f64::MAX; runs.len()];
+    for _ in 0..args.rounds.max(1) {
+        for (slot, (prog, frame)) in runs.iter().enumerate() {
+            let out = s.test_run(*prog, frame, args.repeat)?;
+            best[slot] = best[slot].min(out.per_run.as_nanos() as f64);
+        }
+    }
+    let (pass, reference) = (best[0], [best[1], best[2]]);
+    let rows: Vec<_> = cases
+        .iter()
+        .zip(&best[3..])
+        .map(|(c, &ns)| {
+            let floor = reference[usize::from(c.v6)];
+            json!({
+                "id": c.id, "label": c.label, "family": if c.v6 { "v6" } else { "v4" },
+                "ns": ns, "vs_pass": ns / pass, "vs_parse_redirect": ns / floor,
+                "in_target": c.in_target,
+            })
+        })
+        .collect();
+    let ns = |id: &str| {
+        cases
+            .iter()
+            .position(|c| c.id == id)
+            .map(|i| best[3 + i])
+            .unwrap_or(f64::NAN)
     };
-    let pass = best(Prog::Pass, &hit)?;
-    let steer_hit = best(Prog::Steer, &hit)?;
-    let steer_hit_wildcard = best(Prog::Steer, &hit_wildcard)?;
-    let steer_miss = best(Prog::Steer, &miss)?;
+    let (hit, wildcard, miss) = (ns("v4_specific"), ns("v4_wildcard"), ns("v4_miss"));
     println!(
         "{}",
         json!({
             "repeat": args.repeat, "rounds": args.rounds,
-            "pass_ns": pass, "steer_hit_ns": steer_hit,
-            "steer_hit_wildcard_ns": steer_hit_wildcard, "steer_miss_ns": steer_miss,
-            "ratio_hit": steer_hit / pass, "ratio_hit_wildcard": steer_hit_wildcard / pass,
-            "ratio_miss": steer_miss / pass,
+            "pass_ns": pass,
+            "parse_redirect_v4_ns": reference[0], "parse_redirect_v6_ns": reference[1],
+            "cases": rows,
+            // The v4 rows under their earlier names, so older result readers keep working.
+            "steer_hit_ns": hit, "steer_hit_wildcard_ns": wildcard, "steer_miss_ns": miss,
+            "ratio_hit": hit / pass, "ratio_hit_wildcard": wildcard / pass,
+            "ratio_miss": miss / pass,
         })
     );
     Ok(())

@@ -2,8 +2,13 @@
 //! (DESIGN §2).
 //!
 //! `Steering` is the only place that talks to the kernel's BPF objects; the socket table reaches
-//! the STEER map through it, the engine registers its AF_XDP sockets in XSKS, and `stats()` reads
-//! the per-CPU verdict counters.
+//! the STEER map and the PORTS array through it (`steer_add` / `steer_remove`; `ports` orders the
+//! PORTS rewrites), the engine registers its AF_XDP sockets in XSKS, and `stats()` reads the
+//! per-CPU verdict counters.
+mod ports;
+#[cfg(test)]
+mod tests;
+
 use std::{
     os::fd::{AsFd, AsRawFd},
     sync::{
@@ -19,8 +24,8 @@ use aya::{
     programs::{ProgramError, TestRun, TestRunAttrs, TestRunOptions, Xdp, XdpMode},
 };
 use provider_common::{
-    FAMILY_V4, MAP_PORTS, MAP_STATS, MAP_STEER, MAP_XSKS, PORT_SPECIFIC, PORT_WILDCARD, PROG_PASS,
-    PROG_STEER, PROG_XMIT, SteerKey, SteerValue, port_index, stat,
+    MAP_PORTS, MAP_STATS, MAP_STEER, MAP_XSKS, PROG_PARSE_REDIRECT, PROG_PASS, PROG_STEER,
+    PROG_XMIT, PortEntry, SteerKey, SteerValue, stat,
 };
 use thiserror::Error;
 
@@ -64,14 +69,19 @@ pub enum AttachMode {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Prog {
     Steer,
+    /// The benchmark reference: `steer`'s parse, then an unconditional redirect.
+    ParseRedirect,
     Pass,
     Xmit,
 }
 
 impl Prog {
+    const ALL: [Prog; 4] = [Prog::Steer, Prog::ParseRedirect, Prog::Pass, Prog::Xmit];
+
     const fn name(self) -> &'static str {
         match self {
             Prog::Steer => PROG_STEER,
+            Prog::ParseRedirect => PROG_PARSE_REDIRECT,
             Prog::Pass => PROG_PASS,
             Prog::Xmit => PROG_XMIT,
         }
@@ -137,11 +147,11 @@ pub const XDP_REDIRECT: u32 = 4;
 pub struct Steering {
     ebpf: Ebpf,
     steer: HashMap<MapData, SteerKey, SteerValue>,
-    ports: Array<MapData, u8>,
-    /// Userspace mirror of the steered keys and, per `PORTS` index, how many wildcard and
-    /// specific endpoints use it — so `PORTS` bits are cleared exactly when the last one goes.
+    ports: Array<MapData, PortEntry>,
+    /// Userspace mirror of the steered keys (`steer_add` of a present key is a no-op) and of
+    /// every non-empty `PORTS` entry, so each bind or close rewrites only what it changes.
     keys: std::collections::HashSet<SteerKey>,
-    port_users: std::collections::HashMap<u32, (u32, u32)>,
+    port_entries: ports::Ports,
     xsks: XskMap<MapData>,
     stats: PerCpuArray<MapData, u64>,
     attached: Option<(u32, XdpMode)>,
@@ -167,8 +177,8 @@ impl std::fmt::Debug for Steering {
 }
 
 impl Steering {
-    /// Load the object and its three programs into the kernel (verifier included); nothing is
-    /// attached yet.
+    /// Load the object and its programs into the kernel (verifier included); nothing is attached
+    /// yet.
     pub fn load() -> Result<Self, XdpError> {
         Self::load_with(false)
     }
@@ -185,7 +195,7 @@ impl Steering {
         } else {
             None
         };
-        for name in [PROG_STEER, PROG_PASS, PROG_XMIT] {
+        for name in Prog::ALL.map(Prog::name) {
             let prog: &mut Xdp = ebpf
                 .program_mut(name)
                 .ok_or(XdpError::MissingProgram(name))?
@@ -203,7 +213,7 @@ impl Steering {
             steer,
             ports,
             keys: Default::default(),
-            port_users: Default::default(),
+            port_entries: Default::default(),
             xsks,
             stats,
             attached: None,
@@ -287,6 +297,9 @@ impl Steering {
 
     /// Steer frames for `key` to the provider (a key with an all-zero address is a wildcard
     /// endpoint). Adding a present key is a no-op.
+    ///
+    /// `STEER` first, `PORTS` second: a spilled port's program falls back to `STEER`, so the key
+    /// must be there before any entry can send the program looking for it.
     pub fn steer_add(&mut self, key: SteerKey) -> Result<(), XdpError> {
         if self.keys.contains(&key) {
             return Ok(());
@@ -297,48 +310,46 @@ impl Steering {
                 name: MAP_STEER,
                 source,
             })?;
+        let ports = &mut self.ports;
+        if let Err(source) = self
+            .port_entries
+            .add(&key, |index, entry| ports.set(index, *entry, 0))
+        {
+            // Leave nothing behind: the caller sees the bind fail as a whole.
+            let _ = self.steer.remove(&key);
+            return Err(XdpError::Map {
+                name: MAP_PORTS,
+                source,
+            });
+        }
         self.keys.insert(key);
-        self.update_port(&key, 1)
+        Ok(())
     }
 
-    /// Stop steering `key`. Removing an absent key is not an error.
+    /// Stop steering `key`. Removing an absent key is not an error. Other endpoints on the same
+    /// port (wildcard or specific) stay steered throughout.
+    ///
+    /// `PORTS` first, `STEER` second (the reverse of `steer_add`), so an address on its way from
+    /// the spilled set into a freed inline slot is matched at every step.
     pub fn steer_remove(&mut self, key: &SteerKey) -> Result<(), XdpError> {
-        if !self.keys.remove(key) {
+        if !self.keys.contains(key) {
             return Ok(());
         }
-        match self.steer.remove(key) {
-            Err(err) if !is_not_found(&err) => {
-                return Err(XdpError::Map {
-                    name: MAP_STEER,
-                    source: err,
-                });
-            }
-            _ => {}
-        }
-        self.update_port(key, -1)
-    }
-
-    /// Count `key` in or out of its port's users and rewrite the `PORTS` bits.
-    fn update_port(&mut self, key: &SteerKey, delta: i32) -> Result<(), XdpError> {
-        let index = port_index(key.family, key.proto, key.port);
-        let users = self.port_users.entry(index).or_default();
-        let counter = if is_wildcard(key) {
-            &mut users.0
-        } else {
-            &mut users.1
-        };
-        *counter = counter.saturating_add_signed(delta);
-        let flags = (if users.0 > 0 { PORT_WILDCARD } else { 0 })
-            | (if users.1 > 0 { PORT_SPECIFIC } else { 0 });
-        if flags == 0 {
-            self.port_users.remove(&index);
-        }
-        self.ports
-            .set(index, flags, 0)
+        let ports = &mut self.ports;
+        self.port_entries
+            .remove(key, |index, entry| ports.set(index, *entry, 0))
             .map_err(|source| XdpError::Map {
                 name: MAP_PORTS,
                 source,
-            })
+            })?;
+        self.keys.remove(key);
+        match self.steer.remove(key) {
+            Err(err) if !is_not_found(&err) => Err(XdpError::Map {
+                name: MAP_STEER,
+                source: err,
+            }),
+            _ => Ok(()),
+        }
     }
 
     /// Every endpoint currently steered.
@@ -453,11 +464,6 @@ fn spawn_log_forwarder(ebpf: &mut Ebpf) -> Result<Arc<AtomicBool>, XdpError> {
         })
         .map_err(|e| XdpError::Log(e.to_string()))?;
     Ok(stop)
-}
-
-fn is_wildcard(key: &SteerKey) -> bool {
-    let len = if key.family == FAMILY_V4 { 4 } else { 16 };
-    key.addr[..len].iter().all(|&b| b == 0)
 }
 
 /// Deleting an absent key: aya reports it either as `KeyNotFound` or as the raw ENOENT.
