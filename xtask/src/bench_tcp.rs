@@ -72,6 +72,8 @@ pub struct TcpBenchOptions {
     pub busy_poll: bool,
     /// RX queues of the lab's veth (the provider serves them all: one TCP shard each).
     pub queues: u32,
+    /// `--spin-us` for every provider process (None: the provider's default adaptive poll).
+    pub spin_us: Option<u64>,
 }
 
 impl Default for TcpBenchOptions {
@@ -84,6 +86,7 @@ impl Default for TcpBenchOptions {
             perf: false,
             busy_poll: false,
             queues: 1,
+            spin_us: None,
         }
     }
 }
@@ -386,6 +389,7 @@ struct Runner<'a> {
     bin: PathBuf,
     perf_dir: Option<PathBuf>,
     busy_poll: bool,
+    spin_us: Option<u64>,
 }
 
 impl Runner<'_> {
@@ -404,6 +408,11 @@ impl Runner<'_> {
         c.arg(&self.bin).args(args);
         if stack == Stack::Provider && self.busy_poll {
             c.arg("--busy-poll");
+        }
+        if stack == Stack::Provider
+            && let Some(us) = self.spin_us
+        {
+            c.arg(format!("--spin-us={us}"));
         }
         c
     }
@@ -933,6 +942,7 @@ pub fn tcp(opts: &TcpBenchOptions) -> Result<()> {
         bin,
         perf_dir,
         busy_poll: opts.busy_poll,
+        spin_us: opts.spin_us,
     };
     let (s, n, k) = (opts.seconds, opts.bytes, opts.parallel);
     tune_peer_for_connect_loop(&lab)?;
@@ -1006,10 +1016,10 @@ pub fn tcp(opts: &TcpBenchOptions) -> Result<()> {
         lab.mtu,
         n >> 20,
         opts.rounds,
-        if opts.busy_poll {
-            "; provider processes with --busy-poll"
-        } else {
-            ""
+        match (opts.busy_poll, opts.spin_us) {
+            (true, _) => "; provider processes with --busy-poll".to_string(),
+            (false, Some(us)) => format!("; provider processes with --spin-us {us}"),
+            (false, None) => String::new(),
         }
     );
     print!("{}", render_table(&rows));
@@ -1036,6 +1046,8 @@ pub fn tcp(opts: &TcpBenchOptions) -> Result<()> {
         "server_cpu": SERVER_CPU,
         "client_cpu": CLIENT_CPU,
         "perf": opts.perf,
+        "busy_poll": opts.busy_poll,
+        "spin_us": opts.spin_us,
         "rows": rows.iter().map(Row::json).collect::<Vec<_>>(),
         "raw": raw_rounds,
     });

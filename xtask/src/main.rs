@@ -126,6 +126,9 @@ enum BenchCmd {
         /// RX queues of the lab veth; the provider serves every one (one TCP shard each).
         #[arg(long, default_value_t = 1)]
         queues: u32,
+        /// Pass `--spin-us N` to the provider processes (default: the provider's own default).
+        #[arg(long)]
+        spin_us: Option<u64>,
     },
     /// tokio on the provider (`provider::aio`) vs the same tokio code on kernel sockets:
     /// sockperf latency / message rate against a tokio sockperf server, wrk requests/s
@@ -273,6 +276,7 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode> {
                 perf,
                 busy_poll,
                 queues,
+                spin_us,
             } => xtask::bench_tcp::tcp(&xtask::bench_tcp::TcpBenchOptions {
                 seconds,
                 bytes,
@@ -281,6 +285,7 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode> {
                 perf,
                 busy_poll,
                 queues,
+                spin_us,
             })?,
             BenchCmd::Async {
                 seconds,

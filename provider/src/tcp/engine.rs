@@ -754,3 +754,19 @@ fn listener_mut(ls: &mut [ListenerSlot], id: ListenerId) -> Option<&mut Listener
         .filter(|s| s.generation == id.generation)
         .and_then(|s| s.listener.as_mut())
 }
+
+#[cfg(test)]
+mod size_tests {
+    /// Memory per idle established connection, without its buffers (which start empty and
+    /// grow on demand): the connection itself, its slot, and its 4-tuple map entry.
+    #[test]
+    fn an_idle_connection_costs_at_most_2_kib_plus_its_buffers() {
+        let conn = std::mem::size_of::<super::Conn>();
+        let slot = std::mem::size_of::<super::Slot>();
+        let tuple =
+            std::mem::size_of::<((std::net::SocketAddr, std::net::SocketAddr), super::ConnId)>();
+        let total = conn + slot + tuple;
+        println!("Conn {conn} B + slot {slot} B + tuple entry {tuple} B = {total} B");
+        assert!(total <= 2048, "{total} B per idle connection");
+    }
+}
