@@ -147,7 +147,7 @@ pub enum Drive {
 }
 
 /// Default [`EngineConfig::spin_after_traffic`]: a few round trips on veth or a LAN.
-pub const DEFAULT_SPIN: std::time::Duration = std::time::Duration::from_micros(200);
+pub const DEFAULT_SPIN: std::time::Duration = std::time::Duration::from_micros(50);
 
 /// How the engine runs.
 #[derive(Clone, Debug)]
