@@ -101,6 +101,9 @@ pub struct DatapathArgs {
     /// sleeping in poll; 0 sleeps at once. Ignored with --busy-poll.
     #[arg(long, default_value_t = provider::engine::DEFAULT_SPIN.as_micros() as u64)]
     spin_us: u64,
+    /// Queue threads spin for --spin-us too (default: only an application-driven loop does).
+    #[arg(long)]
+    spin_threads: bool,
     /// Log every malformed frame the XDP program passes (diagnostic; costs ≈20 ns per such frame).
     #[arg(long)]
     log_malformed: bool,
@@ -261,6 +264,7 @@ pub fn start_with(
     config.queues = args.queues;
     config.busy_poll = args.busy_poll;
     config.spin_after_traffic = std::time::Duration::from_micros(args.spin_us);
+    config.spin_queue_threads = args.spin_threads;
     config.log_malformed = args.log_malformed;
     args.settings.apply(&mut config.provider);
     config.xsk.mode = match args.xsk_mode {

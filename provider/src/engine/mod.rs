@@ -147,7 +147,7 @@ pub enum Drive {
 }
 
 /// Default [`EngineConfig::spin_after_traffic`]: a few round trips on veth or a LAN.
-pub const DEFAULT_SPIN: std::time::Duration = std::time::Duration::from_micros(50);
+pub const DEFAULT_SPIN: std::time::Duration = std::time::Duration::from_micros(200);
 
 /// How the engine runs.
 #[derive(Clone, Debug)]
@@ -177,7 +177,15 @@ pub struct EngineConfig {
     /// `busy_poll` does for a socket. A request/response peer's next frame usually arrives
     /// within one round trip, so it is picked up without waking an idle CPU (the dominant cost
     /// of a small round trip on a VM), while an idle provider costs nothing. Zero: sleep at once.
+    ///
+    /// It applies where the polling thread is the application's own (an application-driven
+    /// [`Driver`], `aio::drive`), as Linux busy-polls in the application's system call. Queue
+    /// threads spin only with `spin_queue_threads`: on a small machine a spinning queue thread
+    /// takes the CPU from the application threads it serves (measured: hard close → RST and
+    /// bulk sends slowed by half on the 2-core VM).
     pub spin_after_traffic: std::time::Duration,
+    /// Let queue threads spin for `spin_after_traffic` too. Default false.
+    pub spin_queue_threads: bool,
     /// Frames taken from RX per batch.
     pub rx_batch: usize,
     /// Log every malformed frame from the XDP program (aya-log → tracing WARN). Diagnostic only.
@@ -198,6 +206,7 @@ impl EngineConfig {
             drive: Drive::Threads,
             busy_poll: false,
             spin_after_traffic: DEFAULT_SPIN,
+            spin_queue_threads: false,
             rx_batch: 64,
             log_malformed: false,
             provider: link_sized_provider_config(),

@@ -119,7 +119,7 @@ pub(super) fn run(queue: u32, dp: &XdpDatapath, provider: &Provider, cfg: &Engin
         None => return,
     };
     let mut step = QueueStep::new(queue);
-    let mut spin = Spin::new(cfg);
+    let mut spin = Spin::for_queue_thread(cfg);
     // Serve the socket this thread started with; a released (or released and re-bound) queue
     // has a thread of its own. Queue 0 runs the timers and is never released.
     while dp.is_running() && dp.slot_generation(queue) == generation {
@@ -164,6 +164,16 @@ impl Spin {
             always: cfg.busy_poll,
             last_traffic: None,
         }
+    }
+
+    /// For a queue thread: no adaptive window unless `spin_queue_threads` (busy_poll still
+    /// spins always).
+    pub(super) fn for_queue_thread(cfg: &EngineConfig) -> Self {
+        let mut s = Self::new(cfg);
+        if !cfg.spin_queue_threads {
+            s.window = std::time::Duration::ZERO;
+        }
+        s
     }
 
     /// A poll found work.
