@@ -129,6 +129,10 @@ fn fixture() -> &'static Fixture {
             default_rcvbuf: 16 << 10,
             default_sndbuf: 16 << 10,
             tcp,
+            // Two TCP engines, so the calls also cross shards (listeners in both, accept
+            // rotating, connect choosing a port for a shard).
+            tcp_shards: 2,
+            rss: None,
         };
         let (p, dp) = LoopbackDatapath::provider(cfg);
         dp.record_sent(false);

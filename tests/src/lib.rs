@@ -247,44 +247,13 @@ impl Drop for Capture {
     }
 }
 
-/// Parse a classic pcap file (micro- or nanosecond, either byte order).
+/// Parse a classic pcap file (micro- or nanosecond, either byte order); the parser is the
+/// demo's (`xtask::demo_tcp::read_pcap`).
 pub fn read_pcap(b: &[u8]) -> Result<Vec<Frame>> {
-    if b.len() < 24 {
-        bail!("pcap too short ({} bytes)", b.len());
-    }
-    let magic = u32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-    let (le, nano) = match magic {
-        0xa1b2_c3d4 => (true, false),
-        0xa1b2_3c4d => (true, true),
-        0xd4c3_b2a1 => (false, false),
-        0x4d3c_b2a1 => (false, true),
-        m => bail!("not a pcap file (magic {m:#x})"),
-    };
-    let u32_at = |i: usize| {
-        let a = [b[i], b[i + 1], b[i + 2], b[i + 3]];
-        if le {
-            u32::from_le_bytes(a)
-        } else {
-            u32::from_be_bytes(a)
-        }
-    };
-    let mut frames = Vec::new();
-    let mut i = 24;
-    while i + 16 <= b.len() {
-        let (sec, frac, caplen) = (u32_at(i) as u64, u32_at(i + 4) as u64, u32_at(i + 8));
-        let start = i + 16;
-        let end = start + caplen as usize;
-        if end > b.len() {
-            break;
-        }
-        let ts_ns = sec * 1_000_000_000 + if nano { frac } else { frac * 1000 };
-        frames.push(Frame {
-            ts_ns,
-            data: b[start..end].to_vec(),
-        });
-        i = end;
-    }
-    Ok(frames)
+    Ok(xtask::demo_tcp::read_pcap(b)?
+        .into_iter()
+        .map(|(ts_ns, _orig_len, data)| Frame { ts_ns, data })
+        .collect())
 }
 
 /// CLOCK_REALTIME now, in ns since the epoch (the clock capture timestamps use).
