@@ -174,22 +174,11 @@ impl Capture {
         let n = CAPTURES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let path = std::env::temp_dir().join(format!("{}-cap{n}.pcap", lab.name));
         let _ = std::fs::remove_file(&path);
-        let mut cmd = lab.peer_cmd("tcpdump");
-        cmd.args([
-            "-i",
-            &lab.peer_if,
-            "-U",
-            "--immediate-mode",
-            "-nn",
-            "-Z",
-            "root",
-        ])
-        .args(["--time-stamp-precision=nano", "-w"])
-        .arg(&path)
-        .args(filter.split_whitespace())
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+        let words: Vec<&str> = filter.split_whitespace().collect();
+        let mut cmd = lab.peer_capture_cmd(&path, &words);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
         let mut child = cmd.spawn().context("spawn tcpdump")?;
         let stderr = child.stderr.take().expect("piped stderr");
         let (tx, rx) = mpsc::channel();

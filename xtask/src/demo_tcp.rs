@@ -1557,19 +1557,7 @@ pub fn run(lab: &Lab, bin: &Path, tmp: &Path) -> Result<(String, Vec<(bool, Stri
     );
     let mut tcpdump = Proc::spawn(
         "tcpdump",
-        lab.peer_cmd("tcpdump")
-            .args([
-                "-i",
-                &lab.peer_if,
-                "-U",
-                "--immediate-mode",
-                "-nn",
-                "-Z",
-                "root",
-            ])
-            .args(["--time-stamp-precision=nano", "-w"])
-            .arg(&pcap)
-            .args(["tcp", "port", &PORT.to_string()]),
+        &mut lab.peer_capture_cmd(&pcap, &["tcp", "port", &PORT.to_string()]),
     )?;
     tcpdump.wait_stderr("listening on", Duration::from_secs(10))?;
     let peer_before = tcp_counters(&lab.peer_ns_path())?;

@@ -556,6 +556,25 @@ impl Lab {
         ns_command(&self.peer_ns, program.as_ref())
     }
 
+    /// tcpdump on the peer's veth, writing every frame matching `filter` (pcap filter words) to
+    /// `pcap` as it arrives, with nanosecond timestamps.
+    pub fn peer_capture_cmd(&self, pcap: &Path, filter: &[&str]) -> Command {
+        let mut c = self.peer_cmd("tcpdump");
+        c.args([
+            "-i",
+            &self.peer_if,
+            "-U",
+            "--immediate-mode",
+            "-nn",
+            "-Z",
+            "root",
+        ])
+        .args(["--time-stamp-precision=nano", "-w"])
+        .arg(pcap)
+        .args(filter);
+        c
+    }
+
     /// `ip netns exec <provider_ns> <program>`.
     pub fn provider_cmd(&self, program: impl AsRef<OsStr>) -> Command {
         ns_command(&self.provider_ns, program.as_ref())

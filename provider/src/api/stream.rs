@@ -475,24 +475,24 @@ impl Provider {
         let mut processed = 0u64;
         self.with_shard(queue, |inner, now| {
             for (src, dst, segment) in segments {
-                let mine = n == 1 || {
-                    // Look in this shard first: a flow that lives here is processed without
-                    // computing its hash.
-                    match segment.get(..4) {
-                        Some(p) => {
-                            let remote = SocketAddr::new(src, u16::from_be_bytes([p[0], p[1]]));
-                            let local = SocketAddr::new(dst, u16::from_be_bytes([p[2], p[3]]));
-                            inner.engine.has_tuple(local, remote)
-                                || self.tcp.owner(local, remote) == queue
+                // The shard that processes it: this one when the flow lives here (looked up
+                // first, so a resident flow costs no hash), else the flow's owner.
+                let owner = match segment.get(..4) {
+                    Some(p) if n > 1 => {
+                        let remote = SocketAddr::new(src, u16::from_be_bytes([p[0], p[1]]));
+                        let local = SocketAddr::new(dst, u16::from_be_bytes([p[2], p[3]]));
+                        if inner.engine.has_tuple(local, remote) {
+                            queue
+                        } else {
+                            self.tcp.owner(local, remote)
                         }
-                        None => true,
                     }
+                    _ => queue,
                 };
-                if mine {
+                if owner == queue {
                     processed += 1;
                     inner.engine.on_segment(now, src, dst, segment);
                 } else {
-                    let owner = self.segment_owner(src, dst, segment);
                     self.tcp.hosts[owner].inbox.push(Forwarded {
                         src,
                         dst,
