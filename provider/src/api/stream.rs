@@ -133,6 +133,9 @@ pub(crate) struct TcpShards {
     endpoint_refs: Mutex<HashMap<SocketAddr, u32>>,
     /// Round-robin choice of the shard for an active open whose port is free to choose.
     next_connect: AtomicUsize,
+    /// Where the next accept starts looking (its own counter, so accepts do not skew how
+    /// active opens are spread over the shards).
+    next_accept: AtomicUsize,
 }
 
 impl TcpHost {
@@ -176,6 +179,7 @@ impl TcpShards {
             router_is_device,
             endpoint_refs: Mutex::new(HashMap::new()),
             next_connect: AtomicUsize::new(0),
+            next_accept: AtomicUsize::new(0),
         }
     }
 
@@ -789,7 +793,7 @@ impl Provider {
             let options = st.options.clone();
             let nonblocking = st.nonblocking;
             // Every shard's accept queue, starting at a rotating one so no shard starves.
-            let first = self.tcp.next_connect.fetch_add(1, Ordering::Relaxed);
+            let first = self.tcp.next_accept.fetch_add(1, Ordering::Relaxed);
             let accepted = (0..listeners.len()).find_map(|i| {
                 let l = listeners[(first + i) % listeners.len()];
                 self.with_shard(l.shard(), |inner, now| {
