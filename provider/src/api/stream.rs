@@ -27,6 +27,7 @@ use provider_common::{PROTO_TCP, SteerKey};
 
 use super::Provider;
 use crate::net::rss::RssConfig;
+use crate::socket::L4Out;
 use crate::socket::entry::{Proto, SocketState, lock};
 use crate::socket::options::Linger;
 use crate::socket::table::Removed;
@@ -320,16 +321,17 @@ impl Provider {
             let TcpInner {
                 engine, scratch, ..
             } = &mut *inner;
-            while let Some(t) = engine.poll_transmit(now, scratch) {
-                let segment = &scratch[..t.len];
-                if let Err(err) =
-                    self.datapath
-                        .send_ip_on(k, t.local.ip(), t.remote.ip(), PROTO_TCP, segment)
-                {
-                    tracing::debug!(%err, remote = %t.remote, "TCP segment not sent");
-                }
-                sent = true;
-            }
+            // Each segment is written once, straight into its TX frame.
+            let n = self
+                .datapath
+                .send_l4_batch(k, PROTO_TCP, scratch, &mut |buf| {
+                    engine.poll_transmit(now, buf).map(|t| L4Out {
+                        src: t.local.ip(),
+                        dst: t.remote.ip(),
+                        len: t.len,
+                    })
+                });
+            sent |= n > 0;
             let mut any = false;
             while let Some(ev) = inner.engine.poll_event() {
                 self.tcp_event(inner, ev, wakes);

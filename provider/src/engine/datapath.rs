@@ -17,9 +17,9 @@ use super::{
 use crate::{
     api::Provider,
     net::{frame, neighbour::Neighbours},
-    socket::{Datapath, WsaError},
+    socket::{Datapath, L4Out, WsaError, send_l4_copying},
     xdp::Steering,
-    xsk::{Xsk, XskConfig},
+    xsk::{TxBuild, Xsk, XskConfig},
 };
 
 /// Writes one frame into a TX buffer given (our MAC, next-hop MAC); returns its length.
@@ -400,15 +400,22 @@ impl XdpDatapath {
         Ok(())
     }
 
+    /// The next-hop MAC for `dst` if queue `q`'s cache has it fresh (never blocks).
+    fn cached_mac(&self, dst: IpAddr, q: usize, now: std::time::Instant) -> Option<[u8; 6]> {
+        let cache = self.mac_cache.get(q)?;
+        match lock(cache).get(&dst) {
+            Some(&(mac, at)) if now.duration_since(at) < MAC_CACHE_TTL => Some(mac),
+            _ => None,
+        }
+    }
+
     /// The next-hop MAC for `dst`, from queue `q`'s cache when fresh.
     fn next_hop_mac(&self, dst: IpAddr, q: usize) -> Result<[u8; 6], WsaError> {
         let now = std::time::Instant::now();
+        if let Some(mac) = self.cached_mac(dst, q, now) {
+            return Ok(mac);
+        }
         if let Some(cache) = self.mac_cache.get(q) {
-            if let Some(&(mac, at)) = lock(cache).get(&dst)
-                && now.duration_since(at) < MAC_CACHE_TTL
-            {
-                return Ok(mac);
-            }
             let mac = self.resolve_mac(dst)?;
             let mut c = lock(cache);
             if c.len() >= MAC_CACHE_MAX {
@@ -471,6 +478,94 @@ impl Datapath for XdpDatapath {
         self.transmit(dst, q, false, &|buf, mac, dst_mac| {
             frame::build_ip(buf, mac, dst_mac, None, src, dst, proto, l4)
         })
+    }
+
+    fn send_l4_batch(
+        &self,
+        shard: usize,
+        proto: u8,
+        scratch: &mut [u8],
+        next: &mut dyn FnMut(&mut [u8]) -> Option<L4Out>,
+    ) -> usize {
+        let q = shard % self.served_count();
+        let mut produced = 0;
+        loop {
+            let now = std::time::Instant::now();
+            let mut slot = lock(&self.xsks[q]);
+            let (Some(xsk), true) = (slot.as_mut(), self.is_running()) else {
+                // Released queue or stopped datapath: the copying path redirects or reports.
+                drop(slot);
+                return produced + send_l4_copying(self, shard, proto, scratch, next);
+            };
+            // A segment whose next hop is not cached: copied out, sent after the XSK lock is
+            // released (resolving may wait for the kernel).
+            let mut unresolved: Option<L4Out> = None;
+            let mut exhausted = false;
+            let mut queued = 0;
+            let mut retries = 0;
+            while !exhausted && unresolved.is_none() {
+                let r = xsk.send_within(|frame| {
+                    let out = next(frame.get_mut(frame::L4_IN_PLACE_AT..)?);
+                    let Some(out) = out else {
+                        exhausted = true;
+                        return None;
+                    };
+                    produced += 1;
+                    let l4 = frame::L4_IN_PLACE_AT..frame::L4_IN_PLACE_AT + out.len;
+                    let Some(dst_mac) = self.cached_mac(out.dst, q, now) else {
+                        scratch[..out.len].copy_from_slice(&frame[l4]);
+                        unresolved = Some(out);
+                        return None;
+                    };
+                    let at = frame::L4_IN_PLACE_AT;
+                    match frame::wrap_l4_in_place(
+                        frame, at, self.mac, dst_mac, out.src, out.dst, proto, out.len,
+                    ) {
+                        Ok(range) => Some(range),
+                        Err(err) => {
+                            tracing::debug!(%err, dst = %out.dst, "segment not sent");
+                            None
+                        }
+                    }
+                });
+                match r {
+                    TxBuild::Queued => {
+                        queued += 1;
+                        retries = 0;
+                    }
+                    TxBuild::Cancelled => {}
+                    TxBuild::NoRoom => {
+                        // Push out what is queued and take back completions; give up after a
+                        // while (the source keeps what it did not produce).
+                        retries += 1;
+                        if retries > TX_RETRIES {
+                            exhausted = true;
+                        } else if retries > 1 {
+                            std::thread::yield_now();
+                        }
+                        let _ = xsk.flush();
+                        xsk.reap_completions();
+                    }
+                }
+            }
+            drop(slot);
+            if queued > 0 {
+                self.tx_pending[q].store(true, Ordering::Release);
+                self.counters.add_tx(queued);
+                self.queue_counters[q]
+                    .tx_frames
+                    .fetch_add(queued, Ordering::Relaxed);
+            }
+            match unresolved {
+                Some(out) => {
+                    let l4 = &scratch[..out.len];
+                    if let Err(err) = self.send_ip_on(shard, out.src, out.dst, proto, l4) {
+                        tracing::debug!(%err, dst = %out.dst, "segment not sent");
+                    }
+                }
+                None => return produced,
+            }
+        }
     }
 
     fn send_ip(&self, src: IpAddr, dst: IpAddr, proto: u8, l4: &[u8]) -> Result<(), WsaError> {

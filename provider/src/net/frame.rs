@@ -298,6 +298,46 @@ pub fn build_ip(
     Ok(total)
 }
 
+/// Where [`wrap_l4_in_place`] callers put the L4 segment inside a TX buffer: room for the
+/// largest Ethernet + IP header in front of it (untagged; IPv6).
+pub const L4_IN_PLACE_AT: usize = ethernet::HEADER_LEN + ipv6::HEADER_LEN;
+
+/// Ethernet and IP headers in front of an `l4_len`-byte segment already written at
+/// `buf[l4_at..]`, so the segment is never moved; returns the frame's range in `buf` (it
+/// starts `l4_at` minus the header length in).
+#[allow(clippy::too_many_arguments)]
+pub fn wrap_l4_in_place(
+    buf: &mut [u8],
+    l4_at: usize,
+    src_mac: [u8; 6],
+    dst_mac: [u8; 6],
+    src: IpAddr,
+    dst: IpAddr,
+    proto: u8,
+    l4_len: usize,
+) -> Result<std::ops::Range<usize>, BuildError> {
+    let ip_hl = if dst.is_ipv6() {
+        ipv6::HEADER_LEN
+    } else {
+        ipv4::MIN_HEADER_LEN
+    };
+    let start = l4_at
+        .checked_sub(ethernet::HEADER_LEN + ip_hl)
+        .ok_or(BuildError::TooLong)?;
+    let (at, total) = write_eth_ip(
+        buf.get_mut(start..).ok_or(BuildError::TooLong)?,
+        src_mac,
+        dst_mac,
+        None,
+        src,
+        dst,
+        proto,
+        l4_len,
+    )?;
+    debug_assert_eq!(start + at, l4_at);
+    Ok(start..start + total)
+}
+
 /// Ethernet (+ tag) and IPv4/IPv6 headers for an `l4_len`-byte payload at the front of `buf`;
 /// returns (offset of the payload, frame length).
 #[allow(clippy::too_many_arguments)]
@@ -454,6 +494,35 @@ mod tests {
                 assert_eq!(p.l4.len(), 8);
             }
         }
+    }
+
+    #[test]
+    fn in_place_headers_equal_build_ip() {
+        // The in-place TX path writes the segment first and the headers in front of it; the
+        // frame must be byte for byte what build_ip makes from the same segment.
+        for (v6, proto, vlan, f) in frames() {
+            if vlan.is_some() {
+                continue;
+            }
+            let p = parse(&f).unwrap();
+            let l4_at = f.len() - p.l4.len() - p.payload.len();
+            let l4 = &f[l4_at..];
+            let (src, dst) = (sa(v6, 5000, true).ip(), sa(v6, 6000, false).ip());
+            let mut want = vec![0u8; 2048];
+            let n = build_ip(&mut want, MA, MB, None, src, dst, proto, l4).unwrap();
+            let mut buf = vec![0xa5u8; 2048];
+            buf[L4_IN_PLACE_AT..L4_IN_PLACE_AT + l4.len()].copy_from_slice(l4);
+            let range =
+                wrap_l4_in_place(&mut buf, L4_IN_PLACE_AT, MA, MB, src, dst, proto, l4.len())
+                    .unwrap();
+            assert_eq!(range.end, L4_IN_PLACE_AT + l4.len());
+            assert_eq!(&buf[range], &want[..n], "v6 {v6} proto {proto}");
+        }
+        // No room in front of the segment is an error, not a panic.
+        let mut buf = [0u8; 64];
+        let (s4, d4) = (sa(false, 1, true).ip(), sa(false, 2, false).ip());
+        assert!(wrap_l4_in_place(&mut buf, 10, MA, MB, s4, d4, PROTO_TCP, 20).is_err());
+        assert!(wrap_l4_in_place(&mut buf, 54, MA, MB, s4, d4, PROTO_TCP, 200).is_err());
     }
 
     #[test]

@@ -9,6 +9,14 @@ use provider_common::SteerKey;
 
 use super::error::WsaError;
 
+/// Where a segment built by a [`Datapath::send_l4_batch`] source goes, and its length.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct L4Out {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub len: usize,
+}
+
 pub trait Datapath: Send + Sync + 'static {
     /// Start steering frames for this local endpoint to the provider (STEER map insert).
     fn steer_add(&self, key: SteerKey) -> Result<(), WsaError>;
@@ -36,6 +44,22 @@ pub trait Datapath: Send + Sync + 'static {
         let _ = shard;
         self.send_ip(src, dst, proto, l4)
     }
+    /// Queue the segments `next` produces, from TCP shard `shard`: `next(buf)` writes one
+    /// complete `proto` segment (checksum included) at the front of `buf` and says where it
+    /// goes, or returns None when it has nothing more. The XDP datapath hands `next` the TX
+    /// frame itself, so the segment is written once, in place; this default writes it into
+    /// `scratch` and copies it with `send_ip_on`. Returns how many segments were produced. May
+    /// stop before `next` is exhausted when the TX ring stays full (what `next` did not produce
+    /// stays with it). Not visible before `flush_tx`; must not call back into the provider.
+    fn send_l4_batch(
+        &self,
+        shard: usize,
+        proto: u8,
+        scratch: &mut [u8],
+        next: &mut dyn FnMut(&mut [u8]) -> Option<L4Out>,
+    ) -> usize {
+        send_l4_copying(self, shard, proto, scratch, next)
+    }
     /// Push every queued packet to the wire.
     fn flush_tx(&self);
     /// A TCP timer earlier than the last one published exists: have the timer thread re-read
@@ -54,4 +78,22 @@ pub trait Datapath: Send + Sync + 'static {
     fn max_udp_payload(&self, v6: bool) -> usize;
     /// False once the datapath is down (link gone, ring error, provider stopped).
     fn is_up(&self) -> bool;
+}
+
+/// [`Datapath::send_l4_batch`] through a scratch buffer and `send_ip_on` (one copy per segment).
+pub fn send_l4_copying<D: Datapath + ?Sized>(
+    dp: &D,
+    shard: usize,
+    proto: u8,
+    scratch: &mut [u8],
+    next: &mut dyn FnMut(&mut [u8]) -> Option<L4Out>,
+) -> usize {
+    let mut n = 0;
+    while let Some(out) = next(scratch) {
+        n += 1;
+        if let Err(err) = dp.send_ip_on(shard, out.src, out.dst, proto, &scratch[..out.len]) {
+            tracing::debug!(%err, dst = %out.dst, "segment not sent");
+        }
+    }
+    n
 }

@@ -6,7 +6,7 @@ pub mod handle;
 pub mod options;
 pub mod table;
 
-pub use datapath::Datapath;
+pub use datapath::{Datapath, L4Out, send_l4_copying};
 pub use entry::{Family, SocketEntry, SocketKind};
 pub use error::{WsaError, WspResult};
 pub use handle::{INVALID_SOCKET, Socket};

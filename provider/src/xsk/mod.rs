@@ -28,7 +28,7 @@ mod socket;
 mod sys;
 mod umem;
 
-pub use socket::{KickCounts, Poller, Xsk};
+pub use socket::{KickCounts, Poller, TxBuild, Xsk};
 /// `poll(2)` on one descriptor, retried on EINTR (also used for the aya-log ring).
 pub(crate) use sys::poll_one;
 

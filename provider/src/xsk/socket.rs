@@ -43,6 +43,17 @@ pub struct Xsk {
     _not_sync: PhantomData<Cell<()>>,
 }
 
+/// What [`Xsk::send_within`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TxBuild {
+    /// A descriptor is reserved for the built frame.
+    Queued,
+    /// No free TX frame or the TX ring is full: reap completions, flush, retry.
+    NoRoom,
+    /// The builder wrote nothing; the frame went back to the free list.
+    Cancelled,
+}
+
 /// How often the kernel had to be kicked: with `need_wakeup`, ideally far fewer than frames.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct KickCounts {
@@ -311,33 +322,55 @@ impl Xsk {
     /// Returns false if no TX frame is free or the TX ring is full (reap completions, flush, and
     /// retry) or if `build` cancelled. Nothing reaches the kernel before [`Xsk::flush`].
     pub fn send_with(&mut self, max_len: usize, build: impl FnOnce(&mut [u8]) -> usize) -> bool {
+        let cap = max_len.min(self.umem.frame_size() as usize);
+        matches!(
+            self.send_within(|buf| {
+                let buf = &mut buf[..cap];
+                let len = build(buf);
+                (len > 0 && len <= cap).then_some(0..len)
+            }),
+            TxBuild::Queued
+        )
+    }
+
+    /// Takes a free TX frame and lets `build` write a frame anywhere inside it (the slice is the
+    /// whole UMEM frame): `build` returns the byte range the frame occupies, and the TX
+    /// descriptor points at that range, so a builder can write the payload at a fixed offset
+    /// first and the headers in front of it afterwards, without moving the payload. `None` (or
+    /// an empty or out-of-frame range) cancels and returns the frame.
+    ///
+    /// Nothing reaches the kernel before [`Xsk::flush`].
+    pub fn send_within(
+        &mut self,
+        build: impl FnOnce(&mut [u8]) -> Option<std::ops::Range<usize>>,
+    ) -> TxBuild {
         if self.tx.free(1) == 0 {
-            return false;
+            return TxBuild::NoRoom;
         }
         let Some(addr) = self.tx_free.pop() else {
-            return false;
+            return TxBuild::NoRoom;
         };
-        let cap = max_len.min(self.umem.frame_size() as usize);
+        let cap = self.umem.frame_size() as usize;
         // SAFETY: `addr` came from the TX free list, so the frame is ours until we put its
         // descriptor on the TX ring below; `&mut self.umem` makes the slice unique.
-        let len = match unsafe { self.umem.frame_mut(addr, cap) } {
+        let range = match unsafe { self.umem.frame_mut(addr, cap) } {
             Some(buf) => build(buf),
-            None => 0,
+            None => None,
         };
-        if len == 0 || len > cap {
+        let Some(range) = range.filter(|r| r.start < r.end && r.end <= cap) else {
             self.tx_free.push(addr);
-            return false;
-        }
+            return TxBuild::Cancelled;
+        };
         let desc = libc::xdp_desc {
-            addr,
-            len: len as u32,
+            addr: addr + range.start as u64,
+            len: range.len() as u32,
             options: 0,
         };
         // Cannot fail: `free(1)` above reported room and nothing pushed since.
         let pushed = self.tx.push(desc);
         debug_assert!(pushed);
         self.tx_outstanding += 1;
-        true
+        TxBuild::Queued
     }
 
     /// Copies `frame` into a free TX frame (see [`Xsk::send_with`]). False if there is no room or
