@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use libfuzzer_sys::fuzz_target;
 use provider::net::tcp::TcpFlags;
 use provider::tcp::options::TcpOptions;
-use provider::tcp::segment::{SegmentIn, SegmentOut, write_segment};
+use provider::tcp::segment::{SegmentChecksum, SegmentIn, SegmentOut, write_segment};
 use provider::tcp::seq::SeqNum;
 use provider::tcp::{CcAlgorithm, ConnId, TcpConfig, TcpEngine, TcpError};
 
@@ -99,7 +99,7 @@ struct World {
 impl World {
     fn inject(&mut self, seg: &SegmentOut, payload: &[u8]) {
         let mut buf = vec![0u8; 60 + payload.len()];
-        if let Some(n) = write_segment(&mut buf, REMOTE, LOCAL, seg, (payload, &[])) {
+        if let Some(n) = write_segment(&mut buf, REMOTE, LOCAL, seg, (payload, &[]), SegmentChecksum::Complete) {
             self.engine
                 .on_segment(self.now, REMOTE.ip(), LOCAL.ip(), &buf[..n]);
         }

@@ -250,6 +250,9 @@ impl Provider {
             |v6: bool| u16::try_from(datapath.max_udp_payload(v6) + 8 - 20).unwrap_or(u16::MAX);
         tcp_config.mss = tcp_config.mss.min(link_mss(false));
         tcp_config.mss_v6 = tcp_config.mss_v6.min(link_mss(true));
+        if datapath.tx_checksum_offload() {
+            tcp_config.tx_checksum = crate::tcp::SegmentChecksum::PseudoHeader;
+        }
         Provider {
             tcp_ports: UdpDemux::new(),
             tcp: stream::TcpShards::new(tcp_config, config.tcp_shards, config.rss.clone()),

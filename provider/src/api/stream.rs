@@ -28,6 +28,10 @@ use provider_common::{PROTO_TCP, SteerKey};
 use super::Provider;
 use crate::net::rss::RssConfig;
 use crate::socket::L4Out;
+use crate::tcp::SegmentChecksum;
+
+/// The checksum field's offset in a TCP header.
+const TCP_CHECKSUM_AT: usize = 16;
 use crate::socket::entry::{Proto, SocketState, lock};
 use crate::socket::options::Linger;
 use crate::socket::table::Removed;
@@ -329,6 +333,8 @@ impl Provider {
                         src: t.local.ip(),
                         dst: t.remote.ip(),
                         len: t.len,
+                        partial_checksum_at: (t.checksum == SegmentChecksum::PseudoHeader)
+                            .then_some(TCP_CHECKSUM_AT),
                     })
                 });
             sent |= n > 0;

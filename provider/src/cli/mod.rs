@@ -104,6 +104,16 @@ pub struct DatapathArgs {
     /// Queue threads spin for --spin-us too (default: only an application-driven loop does).
     #[arg(long)]
     spin_threads: bool,
+    /// TCP checksums on transmit: left to the kernel / device through AF_XDP TX metadata where
+    /// the kernel (≥ 6.8) and the bind mode allow it (offload), or always computed here.
+    #[arg(long, value_enum, default_value = "offload")]
+    tx_checksum: TxChecksumMode,
+    /// Set SO_BUSY_POLL (this many µs), SO_PREFER_BUSY_POLL and SO_BUSY_POLL_BUDGET 64 on the
+    /// AF_XDP sockets: the kernel then polls the queue's NAPI in the provider's poll or kick
+    /// instead of waiting for an interrupt. 0 (default): not set, unless --busy-poll (50 µs).
+    /// Pair with the device's napi_defer_hard_irqs / gro_flush_timeout, which are the host's.
+    #[arg(long, default_value_t = 0)]
+    kernel_busy_poll_us: u32,
     /// Log every malformed frame the XDP program passes (diagnostic; costs ≈20 ns per such frame).
     #[arg(long)]
     log_malformed: bool,
@@ -195,6 +205,12 @@ impl DatapathArgs {
     }
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum TxChecksumMode {
+    Offload,
+    Software,
+}
+
 #[derive(Clone, Copy, clap::ValueEnum)]
 enum XskMode {
     Auto,
@@ -267,6 +283,16 @@ pub fn start_with(
     config.spin_queue_threads = args.spin_threads;
     config.log_malformed = args.log_malformed;
     args.settings.apply(&mut config.provider);
+    config.xsk.tx_checksum_offload = args.tx_checksum == TxChecksumMode::Offload;
+    let kernel_busy_poll_us = match (args.kernel_busy_poll_us, args.busy_poll) {
+        (0, true) => 50,
+        (us, _) => us,
+    };
+    config.xsk.busy_poll = (kernel_busy_poll_us > 0).then_some(provider::xsk::BusyPollKnobs {
+        usecs: kernel_busy_poll_us,
+        budget: 64,
+        prefer: true,
+    });
     config.xsk.mode = match args.xsk_mode {
         XskMode::Auto => BindMode::Auto,
         XskMode::Copy => BindMode::Copy,

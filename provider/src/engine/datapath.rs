@@ -16,10 +16,10 @@ use super::{
 };
 use crate::{
     api::Provider,
-    net::{frame, neighbour::Neighbours},
+    net::{checksum, frame, neighbour::Neighbours},
     socket::{Datapath, L4Out, WsaError, send_l4_copying},
     xdp::Steering,
-    xsk::{TxBuild, Xsk, XskConfig},
+    xsk::{TxBuild, TxChecksum, TxFrame, Xsk, XskConfig},
 };
 
 /// Writes one frame into a TX buffer given (our MAC, next-hop MAC); returns its length.
@@ -48,6 +48,8 @@ const MAC_CACHE_MAX: usize = 4096;
 const TX_RETRIES: usize = 64;
 
 pub struct XdpDatapath {
+    /// Whether TCP segments leave their checksum to the kernel / device (AF_XDP TX metadata).
+    tx_checksum_offload: bool,
     name: String,
     ifindex: u32,
     mac: [u8; 6],
@@ -112,7 +114,12 @@ impl XdpDatapath {
     ) -> Self {
         let served = xsks.iter().take_while(|x| lock(x).is_some()).count();
         let capacity = xsks.len();
+        // Queues bound later without it finish the checksums in software (send_l4_batch).
+        let tx_checksum_offload = xsks
+            .iter()
+            .any(|x| lock(x).as_ref().is_some_and(Xsk::tx_checksum_offload));
         Self {
+            tx_checksum_offload,
             name,
             ifindex,
             mac,
@@ -315,6 +322,8 @@ impl XdpDatapath {
                         }
                     },
                     busy_pass: c.busy_pass.summary(),
+                    tx_checksum_offload: x.tx_checksum_offload(),
+                    busy_poll: x.busy_poll(),
                 })
             })
             .collect();
@@ -504,24 +513,42 @@ impl Datapath for XdpDatapath {
             let mut queued = 0;
             let mut retries = 0;
             while !exhausted && unresolved.is_none() {
+                let l4_at = frame::L4_IN_PLACE_AT + xsk.tx_metadata_len();
+                let offload = xsk.tx_checksum_offload();
                 let r = xsk.send_within(|frame| {
-                    let out = next(frame.get_mut(frame::L4_IN_PLACE_AT..)?);
+                    let out = next(frame.get_mut(l4_at..)?);
                     let Some(out) = out else {
                         exhausted = true;
                         return None;
                     };
                     produced += 1;
-                    let l4 = frame::L4_IN_PLACE_AT..frame::L4_IN_PLACE_AT + out.len;
+                    let l4 = &mut frame[l4_at..l4_at + out.len];
                     let Some(dst_mac) = self.cached_mac(out.dst, q, now) else {
-                        scratch[..out.len].copy_from_slice(&frame[l4]);
+                        scratch[..out.len].copy_from_slice(l4);
                         unresolved = Some(out);
                         return None;
                     };
-                    let at = frame::L4_IN_PLACE_AT;
+                    let mut checksum = None;
+                    if let Some(at) = out.partial_checksum_at {
+                        if offload {
+                            checksum = Some(at);
+                        } else {
+                            checksum::finish_partial(l4, at);
+                        }
+                    }
                     match frame::wrap_l4_in_place(
-                        frame, at, self.mac, dst_mac, out.src, out.dst, proto, out.len,
+                        frame, l4_at, self.mac, dst_mac, out.src, out.dst, proto, out.len,
                     ) {
-                        Ok(range) => Some(range),
+                        Ok(range) => {
+                            let start = l4_at - range.start;
+                            Some(TxFrame {
+                                checksum: checksum.map(|at| TxChecksum {
+                                    start: start as u16,
+                                    offset: at as u16,
+                                }),
+                                range,
+                            })
+                        }
                         Err(err) => {
                             tracing::debug!(%err, dst = %out.dst, "segment not sent");
                             None
@@ -558,7 +585,10 @@ impl Datapath for XdpDatapath {
             }
             match unresolved {
                 Some(out) => {
-                    let l4 = &scratch[..out.len];
+                    let l4 = &mut scratch[..out.len];
+                    if let Some(at) = out.partial_checksum_at {
+                        checksum::finish_partial(l4, at);
+                    }
                     if let Err(err) = self.send_ip_on(shard, out.src, out.dst, proto, l4) {
                         tracing::debug!(%err, dst = %out.dst, "segment not sent");
                     }
@@ -577,6 +607,10 @@ impl Datapath for XdpDatapath {
         self.transmit(dst, q, false, &|buf, mac, dst_mac| {
             frame::build_ip(buf, mac, dst_mac, None, src, dst, proto, l4)
         })
+    }
+
+    fn tx_checksum_offload(&self) -> bool {
+        self.tx_checksum_offload
     }
 
     fn flush_tx(&self) {

@@ -98,6 +98,10 @@ pub struct QueueStats {
     /// Duration of the passes that found work: a slow pass delays every frame behind it, so
     /// its tail is part of every connection's tail latency.
     pub busy_pass: crate::histogram::LatencySummary,
+    /// TCP segments leave their checksum to the kernel / device (AF_XDP TX metadata).
+    pub tx_checksum_offload: bool,
+    /// Which kernel busy-poll options the socket accepted (`--kernel-busy-poll-us`).
+    pub busy_poll: crate::xsk::BusyPollApplied,
 }
 
 /// The interface as the engine found it at start.

@@ -20,6 +20,13 @@ pub fn fold(mut acc: u64) -> u16 {
     acc as u16
 }
 
+/// Finishes a segment left for checksum offload: the 16-bit field at `field_at` holds the
+/// pseudo-header sum, so the sum of the whole segment is what the field must hold, inverted.
+pub fn finish_partial(segment: &mut [u8], field_at: usize) {
+    let c = finish(sum(segment));
+    segment[field_at..field_at + 2].copy_from_slice(&c.to_be_bytes());
+}
+
 /// The checksum field value for a (possibly combined) sum: the complement of its fold.
 #[inline]
 pub fn finish(sum: u32) -> u16 {

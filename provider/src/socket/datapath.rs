@@ -15,6 +15,10 @@ pub struct L4Out {
     pub src: IpAddr,
     pub dst: IpAddr,
     pub len: usize,
+    /// Where the segment's checksum field is when it holds only the pseudo-header sum (the
+    /// source was told [`Datapath::tx_checksum_offload`]): the datapath has the device finish
+    /// it, or finishes it itself.
+    pub partial_checksum_at: Option<usize>,
 }
 
 pub trait Datapath: Send + Sync + 'static {
@@ -60,6 +64,11 @@ pub trait Datapath: Send + Sync + 'static {
     ) -> usize {
         send_l4_copying(self, shard, proto, scratch, next)
     }
+    /// Whether segments given to `send_l4_batch` may leave their checksum to the device
+    /// ([`L4Out::partial_checksum_at`]). Other sends always carry complete checksums.
+    fn tx_checksum_offload(&self) -> bool {
+        false
+    }
     /// Push every queued packet to the wire.
     fn flush_tx(&self);
     /// A TCP timer earlier than the last one published exists: have the timer thread re-read
@@ -91,7 +100,11 @@ pub fn send_l4_copying<D: Datapath + ?Sized>(
     let mut n = 0;
     while let Some(out) = next(scratch) {
         n += 1;
-        if let Err(err) = dp.send_ip_on(shard, out.src, out.dst, proto, &scratch[..out.len]) {
+        let l4 = &mut scratch[..out.len];
+        if let Some(at) = out.partial_checksum_at {
+            crate::net::checksum::finish_partial(l4, at);
+        }
+        if let Err(err) = dp.send_ip_on(shard, out.src, out.dst, proto, l4) {
             tracing::debug!(%err, dst = %out.dst, "segment not sent");
         }
     }

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use super::cc::CcAlgorithm;
+use super::segment::SegmentChecksum;
 
 /// Engine-wide TCP parameters. [`Default`] gives the documented defaults.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,6 +61,10 @@ pub struct TcpConfig {
     /// How long an orphan (closed by the user) may linger in FIN_WAIT_2 or wait for its data to be
     /// acknowledged before it is reset and freed (DESIGN §7 orphan deadline).
     pub orphan_timeout: Duration,
+    /// How connection segments carry their checksum: `PseudoHeader` when the datapath offloads
+    /// TX checksums (the provider sets it from the datapath). Control segments written for no
+    /// connection (RSTs to strays) are always complete.
+    pub tx_checksum: SegmentChecksum,
 }
 
 impl TcpConfig {
@@ -101,6 +106,7 @@ impl Default for TcpConfig {
             timestamps: true,
             sack: true,
             orphan_timeout: Duration::from_secs(60),
+            tx_checksum: SegmentChecksum::Complete,
         }
     }
 }

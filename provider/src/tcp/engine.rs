@@ -11,7 +11,7 @@ use super::isn::IsnGenerator;
 use super::listener::Listener;
 use super::options::TcpOptions;
 use super::ratelimit::RateLimiter;
-use super::segment::{SegmentIn, SegmentOut, write_segment};
+use super::segment::{SegmentChecksum, SegmentIn, SegmentOut, write_segment};
 use super::seq::SeqNum;
 use super::timer_wheel::TimerWheel;
 use super::types::{ConnId, ConnStats, Event, ListenerId, TcpError, TcpState, Transmit};
@@ -436,11 +436,19 @@ impl TcpEngine {
     /// `None`. Control segments (RSTs) go first, then connections round-robin.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
         while let Some(c) = self.ctl.pop_front() {
-            if let Some(len) = write_segment(buf, c.local, c.remote, &c.seg, (&[], &[])) {
+            if let Some(len) = write_segment(
+                buf,
+                c.local,
+                c.remote,
+                &c.seg,
+                (&[], &[]),
+                SegmentChecksum::Complete,
+            ) {
                 return Some(Transmit {
                     local: c.local,
                     remote: c.remote,
                     len,
+                    checksum: SegmentChecksum::Complete,
                 });
             }
         }
@@ -474,7 +482,12 @@ impl TcpEngine {
                     // Stay in the round-robin, behind the others.
                     self.dirty.push_back(id);
                     self.after(now, id, false);
-                    return Some(Transmit { local, remote, len });
+                    return Some(Transmit {
+                        local,
+                        remote,
+                        len,
+                        checksum: self.cfg.tx_checksum,
+                    });
                 }
                 None => {
                     slot.dirty = false;
@@ -482,12 +495,20 @@ impl TcpEngine {
                 }
             }
             if let Some(c) = self.ctl.pop_front()
-                && let Some(len) = write_segment(buf, c.local, c.remote, &c.seg, (&[], &[]))
+                && let Some(len) = write_segment(
+                    buf,
+                    c.local,
+                    c.remote,
+                    &c.seg,
+                    (&[], &[]),
+                    SegmentChecksum::Complete,
+                )
             {
                 return Some(Transmit {
                     local: c.local,
                     remote: c.remote,
                     len,
+                    checksum: SegmentChecksum::Complete,
                 });
             }
         }

@@ -31,4 +31,5 @@ pub(crate) mod tests;
 pub use cc::CcAlgorithm;
 pub use config::{ConnOptions, TcpConfig};
 pub use engine::TcpEngine;
+pub use segment::SegmentChecksum;
 pub use types::{ConnId, ConnStats, Event, ListenerId, TcpError, TcpState, Transmit};

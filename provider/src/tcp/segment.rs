@@ -5,7 +5,7 @@ use std::net::{IpAddr, SocketAddr};
 use super::options::TcpOptions;
 use super::seq::SeqNum;
 use crate::net::PROTO_TCP;
-use crate::net::checksum::{pseudo_v4, pseudo_v6};
+use crate::net::checksum::{self, pseudo_v4, pseudo_v6};
 use crate::net::tcp::{MIN_HEADER_LEN, Tcp, TcpFlags};
 
 /// An inbound segment, parsed once.
@@ -89,6 +89,7 @@ pub fn write_segment(
     remote: SocketAddr,
     seg: &SegmentOut,
     payload: (&[u8], &[u8]),
+    checksum: SegmentChecksum,
 ) -> Option<usize> {
     let hlen = seg.header_len();
     let total = hlen + payload.0.len() + payload.1.len();
@@ -112,13 +113,77 @@ pub fn write_segment(
     let p = t.payload_mut();
     p[..payload.0.len()].copy_from_slice(payload.0);
     p[payload.0.len()..].copy_from_slice(payload.1);
-    t.fill_checksum(pseudo);
+    match checksum {
+        SegmentChecksum::Complete => t.fill_checksum(pseudo),
+        SegmentChecksum::PseudoHeader => t.set_checksum(checksum::fold(u64::from(pseudo))),
+    }
     Some(total)
+}
+
+/// How [`write_segment`] fills the checksum field.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum SegmentChecksum {
+    /// The complete checksum.
+    #[default]
+    Complete,
+    /// Only the pseudo-header sum, for the device to finish (TX checksum offload; Linux
+    /// `CHECKSUM_PARTIAL`): the sum of the whole segment then gives the checksum.
+    PseudoHeader,
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pseudo_header_checksum_finished_by_the_sender_equals_the_complete_one() {
+        // What a device does with a CHECKSUM_PARTIAL segment (sum everything, store the
+        // complement) must give exactly the checksum written in software, v4 and v6, odd
+        // and even lengths.
+        for (l, r) in [
+            ("10.0.0.1:1000", "10.0.0.2:80"),
+            ("[fd00::1]:1000", "[fd00::2]:443"),
+        ] {
+            let (l, r): (SocketAddr, SocketAddr) = (l.parse().unwrap(), r.parse().unwrap());
+            for payload in [&b""[..], b"x", b"hello, world", &[0xffu8; 1447]] {
+                let seg = SegmentOut {
+                    seq: SeqNum(0xfffffff0),
+                    ack: SeqNum(9),
+                    flags: TcpFlags::ACK | TcpFlags::PSH,
+                    window: 65535,
+                    opts: TcpOptions::default(),
+                };
+                let mut full = vec![0u8; 1600];
+                let mut part = vec![0u8; 1600];
+                let n = write_segment(
+                    &mut full,
+                    l,
+                    r,
+                    &seg,
+                    (payload, b""),
+                    SegmentChecksum::Complete,
+                )
+                .unwrap();
+                let m = write_segment(
+                    &mut part,
+                    l,
+                    r,
+                    &seg,
+                    (payload, b""),
+                    SegmentChecksum::PseudoHeader,
+                )
+                .unwrap();
+                assert_eq!(n, m);
+                assert_ne!(
+                    full[16..18],
+                    part[16..18],
+                    "the field differs before finishing"
+                );
+                checksum::finish_partial(&mut part[..m], 16);
+                assert_eq!(full[..n], part[..m], "{l} {} bytes", payload.len());
+            }
+        }
+    }
 
     #[test]
     fn write_then_parse() {
@@ -135,7 +200,15 @@ mod tests {
             },
         };
         let mut buf = [0u8; 100];
-        let n = write_segment(&mut buf, l, r, &seg, (b"ab", b"cd")).unwrap();
+        let n = write_segment(
+            &mut buf,
+            l,
+            r,
+            &seg,
+            (b"ab", b"cd"),
+            SegmentChecksum::Complete,
+        )
+        .unwrap();
         assert_eq!(n, 20 + 12 + 4);
         let t = Tcp::new_checked(&buf[..n]).unwrap();
         let IpAddr::V4(li) = l.ip() else {
@@ -149,6 +222,16 @@ mod tests {
         assert_eq!(p.payload, b"abcd");
         assert_eq!(p.seq, SeqNum(7));
         assert_eq!(p.opts.timestamps, Some((1, 2)));
-        assert!(write_segment(&mut buf[..30], l, r, &seg, (b"ab", b"cd")).is_none());
+        assert!(
+            write_segment(
+                &mut buf[..30],
+                l,
+                r,
+                &seg,
+                (b"ab", b"cd"),
+                SegmentChecksum::Complete
+            )
+            .is_none()
+        );
     }
 }

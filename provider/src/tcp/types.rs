@@ -2,6 +2,8 @@
 
 use std::net::SocketAddr;
 
+use super::segment::SegmentChecksum;
+
 /// A connection handle: slab index plus generation, so a stale handle never aliases a new
 /// connection that reuses the slot.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -105,6 +107,9 @@ pub struct Transmit {
     pub local: SocketAddr,
     pub remote: SocketAddr,
     pub len: usize,
+    /// `PseudoHeader`: the checksum field holds only the pseudo-header sum; whoever sends the
+    /// segment finishes it (the device, with TX checksum offload).
+    pub checksum: SegmentChecksum,
 }
 
 /// What the engine tells the socket layer.

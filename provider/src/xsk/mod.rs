@@ -28,7 +28,7 @@ mod socket;
 mod sys;
 mod umem;
 
-pub use socket::{KickCounts, Poller, TxBuild, Xsk};
+pub use socket::{KickCounts, Poller, TxBuild, TxChecksum, TxFrame, Xsk};
 /// `poll(2)` on one descriptor, retried on EINTR (also used for the aya-log ring).
 pub(crate) use sys::poll_one;
 
@@ -65,6 +65,35 @@ pub struct XskConfig {
     /// Bind with `XDP_USE_NEED_WAKEUP` and kick only when a ring's flag asks (default true).
     /// When false, every [`Xsk::flush`] with pending descriptors kicks.
     pub need_wakeup: bool,
+    /// Ask for AF_XDP TX checksum offload (default true): the UMEM is registered with room for
+    /// `xsk_tx_metadata` in front of each TX frame, and frames whose builder asks for it carry
+    /// a checksum request. Used only where it is safe: a copy-mode bind (the kernel's generic
+    /// path finishes the checksum, in the device or in software); zero-copy binds compute
+    /// checksums in software (the driver's `xsk-features` are not probed). See
+    /// [`Xsk::tx_checksum_offload`].
+    pub tx_checksum_offload: bool,
+    /// Kernel busy-polling knobs set on the socket after the bind (default: none).
+    pub busy_poll: Option<BusyPollKnobs>,
+}
+
+/// `SO_BUSY_POLL` / `SO_PREFER_BUSY_POLL` / `SO_BUSY_POLL_BUDGET` for an XSK: with them a
+/// `poll` or kick on the socket runs the queue's NAPI in the calling thread for up to `usecs`
+/// before sleeping, and (with the device's `napi_defer_hard_irqs`) the kernel prefers that to
+/// interrupts. The device sysctls are the host's to set; the provider never changes them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BusyPollKnobs {
+    pub usecs: u32,
+    pub budget: u16,
+    pub prefer: bool,
+}
+
+/// What the kernel accepted of [`BusyPollKnobs`] (each false where `setsockopt` failed, e.g. a
+/// kernel before 5.11 has no `SO_PREFER_BUSY_POLL`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct BusyPollApplied {
+    pub busy_poll: bool,
+    pub prefer_busy_poll: bool,
+    pub budget: bool,
 }
 
 impl Default for XskConfig {
@@ -78,6 +107,8 @@ impl Default for XskConfig {
             comp_size: 2048,
             mode: BindMode::Auto,
             need_wakeup: true,
+            tx_checksum_offload: true,
+            busy_poll: None,
         }
     }
 }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use super::ring::{Consumer, Mmap, Producer, RingLayout};
 use super::umem::{FreeList, Umem};
-use super::{BindMode, XskConfig, XskStatistics, sys};
+use super::{BindMode, BusyPollApplied, BusyPollKnobs, XskConfig, XskStatistics, sys};
 
 /// How long [`Xsk::new`] keeps retrying a bind that fails with `EBUSY`.
 const BIND_BUSY_RETRY: Duration = Duration::from_secs(1);
@@ -40,7 +40,56 @@ pub struct Xsk {
     need_wakeup: bool,
     /// System calls made to kick TX (`sendto`) and RX (`recvfrom`, fill-ring wake-up).
     kicks: KickCounts,
+    /// Bytes of `xsk_tx_metadata` registered in front of each TX frame's data (0: none).
+    tx_meta_len: usize,
+    /// Whether frames may carry a checksum request (metadata registered and a copy-mode bind).
+    csum_offload: bool,
+    busy_poll: BusyPollApplied,
     _not_sync: PhantomData<Cell<()>>,
+}
+
+/// `xdp_desc.options`: the frame carries `xsk_tx_metadata` in front of its data.
+const XDP_TX_METADATA: u32 = 1 << 1;
+/// `xsk_tx_metadata.flags`: checksum offload requested.
+const XDP_TXMD_FLAGS_CHECKSUM: u64 = 1 << 1;
+/// `sizeof(struct xsk_tx_metadata)` since 6.14 (flags, then the request: csum_start,
+/// csum_offset, launch_time); 6.8's shorter layout is a prefix of it.
+const TX_METADATA_LEN: usize = 24;
+
+/// A checksum the kernel (or the device) is to finish: the one's-complement sum from `start`
+/// to the end of the frame is stored at `start + offset`. Offsets are from the frame's first
+/// byte; the field must hold the pseudo-header sum (Linux `CHECKSUM_PARTIAL`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TxChecksum {
+    pub start: u16,
+    pub offset: u16,
+}
+
+/// What a [`Xsk::send_within`] builder wrote: the frame's byte range in the UMEM frame, and
+/// the checksum it leaves to the kernel, if any (then at least [`Xsk::tx_metadata_len`] bytes
+/// in front of the range must be free).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TxFrame {
+    pub range: std::ops::Range<usize>,
+    pub checksum: Option<TxChecksum>,
+}
+
+impl TxFrame {
+    /// A complete frame (checksums already written).
+    pub fn plain(range: std::ops::Range<usize>) -> TxFrame {
+        TxFrame {
+            range,
+            checksum: None,
+        }
+    }
+}
+
+/// `xsk_tx_metadata` with a checksum request, in the bytes right before a frame's data.
+fn write_tx_metadata(meta: &mut [u8], c: TxChecksum) {
+    meta.fill(0);
+    meta[..8].copy_from_slice(&XDP_TXMD_FLAGS_CHECKSUM.to_ne_bytes());
+    meta[8..10].copy_from_slice(&c.start.to_ne_bytes());
+    meta[10..12].copy_from_slice(&c.offset.to_ne_bytes());
 }
 
 /// What [`Xsk::send_within`] did.
@@ -144,7 +193,22 @@ impl Xsk {
         validate(cfg)?;
         let fd = sys::xdp_socket()?;
         let umem = Umem::new(cfg.frame_size, cfg.frame_count)?;
-        umem.register(fd.as_fd())?;
+        let tx_meta_len = if cfg.tx_checksum_offload {
+            match umem.register(fd.as_fd(), TX_METADATA_LEN as u32) {
+                Ok(()) => TX_METADATA_LEN,
+                // A kernel before 6.8 has no TX metadata: register plainly (a failed
+                // registration leaves the socket without a UMEM, so it may be retried).
+                Err(e) if is_errno(&e, &[libc::EINVAL, libc::EOPNOTSUPP]) => {
+                    tracing::debug!(error = %e, "no AF_XDP TX metadata: software TX checksums");
+                    umem.register(fd.as_fd(), 0)?;
+                    0
+                }
+                Err(e) => return Err(e),
+            }
+        } else {
+            umem.register(fd.as_fd(), 0)?;
+            0
+        };
 
         let c_int = |v: u32| v as libc::c_int;
         sys::set_xdp_opt(fd.as_fd(), libc::XDP_UMEM_FILL_RING, &c_int(cfg.fill_size))?;
@@ -187,12 +251,61 @@ impl Xsk {
             ifindex,
             queue,
             need_wakeup: cfg.need_wakeup,
+            tx_meta_len,
+            csum_offload: false,
+            busy_poll: BusyPollApplied::default(),
             _not_sync: PhantomData,
         };
         // Stock the fill ring before binding: frames that arrive before it has entries are dropped.
         xsk.refill();
         xsk.mode = xsk.bind(cfg)?;
+        // Zero-copy drivers may ignore the request (their `xsk-features` are not probed), so
+        // only the generic copy path, which always honours it, gets checksum requests.
+        xsk.csum_offload = tx_meta_len > 0 && xsk.mode == BindMode::Copy;
+        if let Some(knobs) = cfg.busy_poll {
+            xsk.busy_poll = xsk.set_busy_poll(knobs);
+        }
         Ok(xsk)
+    }
+
+    fn set_busy_poll(&self, knobs: BusyPollKnobs) -> BusyPollApplied {
+        let fd = self.fd.as_fd();
+        let set = |opt, v: u32, name: &str| match sys::set_socket_int(fd, opt, v as libc::c_int) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::debug!(error = %e, option = name, "busy-poll option refused");
+                false
+            }
+        };
+        BusyPollApplied {
+            busy_poll: set(libc::SO_BUSY_POLL, knobs.usecs, "SO_BUSY_POLL"),
+            prefer_busy_poll: set(
+                libc::SO_PREFER_BUSY_POLL,
+                u32::from(knobs.prefer),
+                "SO_PREFER_BUSY_POLL",
+            ),
+            budget: set(
+                libc::SO_BUSY_POLL_BUDGET,
+                u32::from(knobs.budget),
+                "SO_BUSY_POLL_BUDGET",
+            ),
+        }
+    }
+
+    /// Whether [`TxFrame::checksum`] requests reach the kernel (else the builder must have
+    /// written complete checksums).
+    pub fn tx_checksum_offload(&self) -> bool {
+        self.csum_offload
+    }
+
+    /// Bytes a builder must leave free in front of a frame that carries a checksum request.
+    pub fn tx_metadata_len(&self) -> usize {
+        self.tx_meta_len
+    }
+
+    /// What the kernel accepted of the configured busy-poll knobs.
+    pub fn busy_poll(&self) -> BusyPollApplied {
+        self.busy_poll
     }
 
     fn bind(&self, cfg: &XskConfig) -> io::Result<BindMode> {
@@ -322,12 +435,15 @@ impl Xsk {
     /// Returns false if no TX frame is free or the TX ring is full (reap completions, flush, and
     /// retry) or if `build` cancelled. Nothing reaches the kernel before [`Xsk::flush`].
     pub fn send_with(&mut self, max_len: usize, build: impl FnOnce(&mut [u8]) -> usize) -> bool {
-        let cap = max_len.min(self.umem.frame_size() as usize);
+        // The kernel wants `tx_metadata_len` bytes in front of every frame once the UMEM has
+        // TX metadata, whether or not this frame carries any.
+        let at = self.tx_meta_len;
+        let cap = max_len.min(self.umem.frame_size() as usize - at);
         matches!(
             self.send_within(|buf| {
-                let buf = &mut buf[..cap];
+                let buf = &mut buf[at..at + cap];
                 let len = build(buf);
-                (len > 0 && len <= cap).then_some(0..len)
+                (len > 0 && len <= cap).then(|| TxFrame::plain(at..at + len))
             }),
             TxBuild::Queued
         )
@@ -337,13 +453,11 @@ impl Xsk {
     /// whole UMEM frame): `build` returns the byte range the frame occupies, and the TX
     /// descriptor points at that range, so a builder can write the payload at a fixed offset
     /// first and the headers in front of it afterwards, without moving the payload. `None` (or
-    /// an empty or out-of-frame range) cancels and returns the frame.
+    /// an empty or out-of-frame range, or one starting in the first
+    /// [`Xsk::tx_metadata_len`] bytes, which the kernel reserves) cancels and returns the frame.
     ///
     /// Nothing reaches the kernel before [`Xsk::flush`].
-    pub fn send_within(
-        &mut self,
-        build: impl FnOnce(&mut [u8]) -> Option<std::ops::Range<usize>>,
-    ) -> TxBuild {
+    pub fn send_within(&mut self, build: impl FnOnce(&mut [u8]) -> Option<TxFrame>) -> TxBuild {
         if self.tx.free(1) == 0 {
             return TxBuild::NoRoom;
         }
@@ -351,20 +465,38 @@ impl Xsk {
             return TxBuild::NoRoom;
         };
         let cap = self.umem.frame_size() as usize;
+        let meta_len = self.tx_meta_len;
+        let offload = self.csum_offload;
         // SAFETY: `addr` came from the TX free list, so the frame is ours until we put its
         // descriptor on the TX ring below; `&mut self.umem` makes the slice unique.
-        let range = match unsafe { self.umem.frame_mut(addr, cap) } {
-            Some(buf) => build(buf),
+        let built = match unsafe { self.umem.frame_mut(addr, cap) } {
+            Some(buf) => build(buf).and_then(|f| {
+                let r = &f.range;
+                // Every frame needs the metadata room in front (the kernel checks it).
+                if r.start >= r.end || r.end > cap || r.start < meta_len {
+                    return None;
+                }
+                let mut options = 0;
+                if let Some(c) = f.checksum {
+                    // A request the socket cannot carry would leave a wrong checksum.
+                    if !offload {
+                        return None;
+                    }
+                    write_tx_metadata(&mut buf[r.start - meta_len..r.start], c);
+                    options = XDP_TX_METADATA;
+                }
+                Some((r.clone(), options))
+            }),
             None => None,
         };
-        let Some(range) = range.filter(|r| r.start < r.end && r.end <= cap) else {
+        let Some((range, options)) = built else {
             self.tx_free.push(addr);
             return TxBuild::Cancelled;
         };
         let desc = libc::xdp_desc {
             addr: addr + range.start as u64,
             len: range.len() as u32,
-            options: 0,
+            options,
         };
         // Cannot fail: `free(1)` above reported room and nothing pushed since.
         let pushed = self.tx.push(desc);

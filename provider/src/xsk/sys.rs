@@ -45,6 +45,25 @@ pub(crate) fn set_xdp_opt<T: Copy>(
 /// kernel wrote (older kernels write shorter, older versions of some structs).
 ///
 /// `T` must be a plain C struct for which all-zero bytes are a valid value (libc's XDP structs).
+/// `setsockopt(SOL_SOCKET, opt, value)` for an `int` option.
+pub(crate) fn set_socket_int(
+    fd: BorrowedFd<'_>,
+    opt: libc::c_int,
+    value: libc::c_int,
+) -> io::Result<()> {
+    // SAFETY: `value` is a live c_int of exactly the length passed; the kernel only reads it.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            opt,
+            (&value as *const libc::c_int).cast(),
+            size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })?;
+    Ok(())
+}
+
 pub(crate) fn get_xdp_opt<T: Copy>(fd: BorrowedFd<'_>, opt: libc::c_int) -> io::Result<(T, usize)> {
     let mut value = MaybeUninit::<T>::zeroed();
     let mut len = size_of::<T>() as libc::socklen_t;

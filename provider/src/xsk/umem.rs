@@ -39,13 +39,19 @@ impl Umem {
     }
 
     /// Registers the area with the socket. `xdp_umem_reg` is zero-initialised first so every
-    /// field this libc knows and we do not set (flags, tx_metadata_len) is 0.
-    pub(crate) fn register(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
+    /// field this libc knows and we do not set is 0. With `tx_metadata_len` > 0 each TX frame
+    /// may carry that many bytes of `xsk_tx_metadata` right before its data (kernel ≥ 6.8
+    /// with `XDP_UMEM_TX_METADATA_LEN`); a kernel without it refuses with `EINVAL`.
+    pub(crate) fn register(&self, fd: BorrowedFd<'_>, tx_metadata_len: u32) -> io::Result<()> {
         let mut reg: libc::xdp_umem_reg = zeroed_umem_reg();
         reg.addr = self.area.as_ptr() as u64;
         reg.len = self.area.len() as u64;
         reg.chunk_size = self.frame_size;
         reg.headroom = 0;
+        if tx_metadata_len > 0 {
+            reg.flags = libc::XDP_UMEM_TX_METADATA_LEN;
+            reg.tx_metadata_len = tx_metadata_len;
+        }
         sys::set_xdp_opt(fd, libc::XDP_UMEM_REG, &reg)
     }
 

@@ -844,7 +844,14 @@ impl Conn {
             window,
             opts,
         };
-        write_segment(buf, self.local, self.remote, &seg, (&[], &[]))
+        write_segment(
+            buf,
+            self.local,
+            self.remote,
+            &seg,
+            (&[], &[]),
+            cx.cfg.tx_checksum,
+        )
     }
 
     fn write_syn(&mut self, cx: &mut Ctx<'_>, buf: &mut [u8]) -> Option<usize> {
@@ -885,7 +892,14 @@ impl Conn {
             window,
             opts: o,
         };
-        let n = write_segment(buf, self.local, self.remote, &seg, (&[], &[]))?;
+        let n = write_segment(
+            buf,
+            self.local,
+            self.remote,
+            &seg,
+            (&[], &[]),
+            cx.cfg.tx_checksum,
+        )?;
         if synack {
             self.on_ack_sent();
         }
@@ -902,7 +916,14 @@ impl Conn {
             window,
             opts: self.data_options(cx),
         };
-        let n = write_segment(buf, self.local, self.remote, &seg, (&[], &[]))?;
+        let n = write_segment(
+            buf,
+            self.local,
+            self.remote,
+            &seg,
+            (&[], &[]),
+            cx.cfg.tx_checksum,
+        )?;
         self.on_ack_sent();
         Some(n)
     }
@@ -924,7 +945,14 @@ impl Conn {
             opts: self.data_options(cx),
         };
         let payload = self.snd.payload(plan.seq, plan.len);
-        let n = write_segment(buf, self.local, self.remote, &seg, payload)?;
+        let n = write_segment(
+            buf,
+            self.local,
+            self.remote,
+            &seg,
+            payload,
+            cx.cfg.tx_checksum,
+        )?;
         self.snd.on_sent(cx.now, &plan);
         if plan.len > 0 && self.t_delack.is_some() {
             self.interactive = true;

@@ -345,8 +345,15 @@ impl Harness {
             opts,
         };
         let mut buf = vec![0u8; 60 + s.payload.len()];
-        let n = write_segment(&mut buf, self.remote, self.local, &out, (&s.payload, &[]))
-            .expect("build");
+        let n = write_segment(
+            &mut buf,
+            self.remote,
+            self.local,
+            &out,
+            (&s.payload, &[]),
+            crate::tcp::segment::SegmentChecksum::Complete,
+        )
+        .expect("build");
         buf.truncate(n);
         buf
     }
