@@ -193,3 +193,90 @@ fn transfers_survive_five_percent_loss_one_percent_duplication() {
     provider_client_to_kernel_server(&s, true, 7006, mib * MIB);
     println!("v6 {mib} MiB each way under loss in {:?}", t.elapsed());
 }
+
+/// The provider's TCP segments as the peer's veth captured them: (payload length, checksum
+/// complete?).
+fn provider_segments(frames: &[provider_tests::Frame]) -> Vec<(usize, bool)> {
+    use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+    frames
+        .iter()
+        .filter_map(|f| {
+            let pkt = SlicedPacket::from_ethernet(&f.data).ok()?;
+            let (Some(NetSlice::Ipv4(ip)), Some(TransportSlice::Tcp(t))) =
+                (&pkt.net, &pkt.transport)
+            else {
+                return None;
+            };
+            let h = ip.header();
+            if h.source() != PROVIDER_V4.octets() {
+                return None;
+            }
+            let want = t.calc_checksum_ipv4(h.source(), h.destination()).ok()?;
+            Some((t.payload().len(), want == t.checksum()))
+        })
+        .collect()
+}
+
+/// TX checksum offload (AF_XDP TX metadata) on a veth made the plain way (tx-checksumming
+/// on): the provider's segments cross the veth with the checksum left to the device — the
+/// capture sees the pseudo-header sum, the kernel peer accepts them (as it accepts its own
+/// partial checksums) and every byte arrives; with `tx_checksum_offload` off every segment
+/// carries its complete checksum.
+#[test]
+#[ignore = "needs root and network namespaces"]
+fn tx_checksum_offload_leaves_checksums_to_the_device_software_mode_completes_them() {
+    for offload in [true, false] {
+        let lab = Lab::up(&LabConfig {
+            plain: true,
+            ..LabConfig::default()
+        })
+        .expect("lab up");
+        let engine = provider_tests::start_engine(&lab, move |c| {
+            c.xsk.tx_checksum_offload = offload;
+        });
+        let st = engine.stats();
+        assert_eq!(
+            st.queues
+                .iter()
+                .map(|q| q.tx_checksum_offload)
+                .collect::<Vec<_>>(),
+            vec![offload],
+            "offload in effect iff asked (copy-mode bind, kernel ≥ 6.8)"
+        );
+        let cap = provider_tests::Capture::start(&lab, "tcp port 7010").expect("capture");
+        provider_tests::transfer::kernel_client_to_provider_server(
+            &lab,
+            engine.provider(),
+            false,
+            7010,
+            4 * MIB,
+        );
+        let segs = provider_segments(&cap.stop().expect("capture stop"));
+        let data: Vec<_> = segs.iter().filter(|(len, _)| *len > 0).collect();
+        assert!(
+            data.len() > 100,
+            "provider data segments captured: {}",
+            data.len()
+        );
+        let complete = segs.iter().filter(|(_, ok)| *ok).count();
+        println!(
+            "offload {offload}: {} provider segments, {} with payload, {complete} with a complete checksum",
+            segs.len(),
+            data.len()
+        );
+        if offload {
+            assert!(
+                data.iter().all(|(_, ok)| !ok),
+                "with offload the data segments leave the checksum to the device"
+            );
+        } else {
+            assert_eq!(
+                complete,
+                segs.len(),
+                "software mode: every checksum complete"
+            );
+        }
+        drop(engine);
+        drop(lab);
+    }
+}

@@ -74,6 +74,8 @@ pub struct TcpBenchOptions {
     pub queues: u32,
     /// `--spin-us` for every provider process (None: the provider's default adaptive poll).
     pub spin_us: Option<u64>,
+    /// `--tx-checksum offload|software` for every provider process (None: its default).
+    pub tx_checksum: Option<String>,
 }
 
 impl Default for TcpBenchOptions {
@@ -87,6 +89,7 @@ impl Default for TcpBenchOptions {
             busy_poll: false,
             queues: 1,
             spin_us: None,
+            tx_checksum: None,
         }
     }
 }
@@ -390,6 +393,7 @@ struct Runner<'a> {
     perf_dir: Option<PathBuf>,
     busy_poll: bool,
     spin_us: Option<u64>,
+    tx_checksum: Option<String>,
 }
 
 impl Runner<'_> {
@@ -413,6 +417,11 @@ impl Runner<'_> {
             && let Some(us) = self.spin_us
         {
             c.arg(format!("--spin-us={us}"));
+        }
+        if stack == Stack::Provider
+            && let Some(mode) = &self.tx_checksum
+        {
+            c.arg(format!("--tx-checksum={mode}"));
         }
         c
     }
@@ -943,6 +952,7 @@ pub fn tcp(opts: &TcpBenchOptions) -> Result<()> {
         perf_dir,
         busy_poll: opts.busy_poll,
         spin_us: opts.spin_us,
+        tx_checksum: opts.tx_checksum.clone(),
     };
     let (s, n, k) = (opts.seconds, opts.bytes, opts.parallel);
     tune_peer_for_connect_loop(&lab)?;
@@ -1020,7 +1030,11 @@ pub fn tcp(opts: &TcpBenchOptions) -> Result<()> {
             (true, _) => "; provider processes with --busy-poll".to_string(),
             (false, Some(us)) => format!("; provider processes with --spin-us {us}"),
             (false, None) => String::new(),
-        }
+        } + &opts
+            .tx_checksum
+            .as_ref()
+            .map(|m| format!("; --tx-checksum {m}"))
+            .unwrap_or_default()
     );
     print!("{}", render_table(&rows));
     for (i, note) in failure_notes(&rows).iter().enumerate() {
@@ -1048,6 +1062,7 @@ pub fn tcp(opts: &TcpBenchOptions) -> Result<()> {
         "perf": opts.perf,
         "busy_poll": opts.busy_poll,
         "spin_us": opts.spin_us,
+        "tx_checksum": opts.tx_checksum,
         "rows": rows.iter().map(Row::json).collect::<Vec<_>>(),
         "raw": raw_rounds,
     });

@@ -129,6 +129,10 @@ enum BenchCmd {
         /// Pass `--spin-us N` to the provider processes (default: the provider's own default).
         #[arg(long)]
         spin_us: Option<u64>,
+        /// Pass `--tx-checksum offload|software` to the provider processes (default: theirs,
+        /// offload where the kernel allows it).
+        #[arg(long, value_parser = ["offload", "software"])]
+        tx_checksum: Option<String>,
     },
     /// tokio on the provider (`provider::aio`) vs the same tokio code on kernel sockets:
     /// sockperf latency / message rate against a tokio sockperf server, wrk requests/s
@@ -277,6 +281,7 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode> {
                 busy_poll,
                 queues,
                 spin_us,
+                tx_checksum,
             } => xtask::bench_tcp::tcp(&xtask::bench_tcp::TcpBenchOptions {
                 seconds,
                 bytes,
@@ -286,6 +291,7 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode> {
                 busy_poll,
                 queues,
                 spin_us,
+                tx_checksum,
             })?,
             BenchCmd::Async {
                 seconds,
