@@ -76,6 +76,8 @@ pub struct TcpBenchOptions {
     pub spin_us: Option<u64>,
     /// `--tx-checksum offload|software` for every provider process (None: its default).
     pub tx_checksum: Option<String>,
+    /// Leave TX checksumming on on the lab's provider-side veth (both stacks offload).
+    pub device_tx_checksum: bool,
 }
 
 impl Default for TcpBenchOptions {
@@ -90,6 +92,7 @@ impl Default for TcpBenchOptions {
             queues: 1,
             spin_us: None,
             tx_checksum: None,
+            device_tx_checksum: false,
         }
     }
 }
@@ -944,6 +947,7 @@ pub fn tcp(opts: &TcpBenchOptions) -> Result<()> {
     eprintln!("==> lab up ({} queue(s))", opts.queues);
     let lab = Lab::up(&LabConfig {
         queues: opts.queues,
+        provider_tx_checksum: opts.device_tx_checksum,
         ..LabConfig::default()
     })?;
     let r = Runner {
@@ -1035,6 +1039,11 @@ pub fn tcp(opts: &TcpBenchOptions) -> Result<()> {
             .as_ref()
             .map(|m| format!("; --tx-checksum {m}"))
             .unwrap_or_default()
+            + if opts.device_tx_checksum {
+                "; provider veth tx-checksumming on"
+            } else {
+                ""
+            }
     );
     print!("{}", render_table(&rows));
     for (i, note) in failure_notes(&rows).iter().enumerate() {
@@ -1063,6 +1072,7 @@ pub fn tcp(opts: &TcpBenchOptions) -> Result<()> {
         "busy_poll": opts.busy_poll,
         "spin_us": opts.spin_us,
         "tx_checksum": opts.tx_checksum,
+        "device_tx_checksum": opts.device_tx_checksum,
         "rows": rows.iter().map(Row::json).collect::<Vec<_>>(),
         "raw": raw_rounds,
     });

@@ -76,6 +76,10 @@ pub struct LabConfig {
     /// After creating the pair, activate this many RX and TX queues on both ends
     /// (`ethtool -L IF rx N tx N`): fewer active than allocated, as on server NICs.
     pub active_queues: Option<u32>,
+    /// Leave TX checksumming on on the provider's veth (the lab turns it off otherwise): the
+    /// device then "offloads" checksums — veth hands the peer partial checksums, as a NIC
+    /// would fill them in — for the kernel stack and the provider's AF_XDP TX metadata alike.
+    pub provider_tx_checksum: bool,
     /// Keep the namespaces when the [`Lab`] is dropped, and record no owner so
     /// [`lab_guard_cleanup_stale`] leaves it alone (used by `cargo xtask lab up`).
     /// Default: false, or true if `PROVIDER_LAB_KEEP=1` (to inspect a failed test's lab).
@@ -90,6 +94,7 @@ impl Default for LabConfig {
             mtu: 1500,
             plain: false,
             active_queues: None,
+            provider_tx_checksum: false,
             keep: std::env::var("PROVIDER_LAB_KEEP").is_ok_and(|v| v == "1"),
         }
     }
@@ -157,6 +162,9 @@ pub struct Lab {
     /// Made the plain way ([`LabConfig::plain`]).
     #[serde(default)]
     pub plain: bool,
+    /// [`LabConfig::provider_tx_checksum`].
+    #[serde(default)]
+    pub provider_tx_checksum: bool,
     /// Queues activated with `ethtool -L` ([`LabConfig::active_queues`]).
     #[serde(default)]
     pub active_queues: Option<u32>,
@@ -281,6 +289,7 @@ impl Lab {
             queues: cfg.queues,
             mtu: cfg.mtu,
             plain: cfg.plain,
+            provider_tx_checksum: cfg.provider_tx_checksum,
             active_queues: cfg.active_queues,
             keep: cfg.keep,
             torn_down: AtomicBool::new(false),
@@ -396,11 +405,14 @@ impl Lab {
                     "ethtool", "-K", kif, "tx", "off", "tso", "off", "gso", "off", "gro", "off",
                 ],
             )?;
+            let tx = if self.provider_tx_checksum {
+                "on"
+            } else {
+                "off"
+            };
             ns_run(
                 p,
-                &[
-                    "ethtool", "-K", pif, "tx", "off", "tso", "off", "gso", "off",
-                ],
+                &["ethtool", "-K", pif, "tx", tx, "tso", "off", "gso", "off"],
             )?;
         }
         let (lo, hi) = PROVIDER_EPHEMERAL_PORTS;
@@ -529,6 +541,7 @@ impl Lab {
             queues: self.queues,
             mtu: self.mtu,
             plain: self.plain,
+            provider_tx_checksum: self.provider_tx_checksum,
             active_queues: self.active_queues,
             keep: self.keep,
             torn_down: AtomicBool::new(true),

@@ -133,6 +133,10 @@ enum BenchCmd {
         /// offload where the kernel allows it).
         #[arg(long, value_parser = ["offload", "software"])]
         tx_checksum: Option<String>,
+        /// Leave TX checksumming on on the lab's provider-side veth (the lab turns it off by
+        /// default): the kernel server and the provider's TX metadata both offload.
+        #[arg(long)]
+        device_tx_checksum: bool,
     },
     /// tokio on the provider (`provider::aio`) vs the same tokio code on kernel sockets:
     /// sockperf latency / message rate against a tokio sockperf server, wrk requests/s
@@ -282,6 +286,7 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode> {
                 queues,
                 spin_us,
                 tx_checksum,
+                device_tx_checksum,
             } => xtask::bench_tcp::tcp(&xtask::bench_tcp::TcpBenchOptions {
                 seconds,
                 bytes,
@@ -292,6 +297,7 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode> {
                 queues,
                 spin_us,
                 tx_checksum,
+                device_tx_checksum,
             })?,
             BenchCmd::Async {
                 seconds,
@@ -339,6 +345,7 @@ fn lab_cmd(cmd: LabCmd) -> Result<()> {
                 keep: true,
                 plain,
                 active_queues: active,
+                provider_tx_checksum: false,
             };
             let l = Lab::up(&cfg)?;
             println!("lab {} is up (queues {}, mtu {})", l.name, l.queues, l.mtu);
