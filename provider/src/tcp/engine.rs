@@ -737,6 +737,17 @@ impl TcpEngine {
         self.orphan_timeouts
     }
 
+    /// Connections in ESTABLISHED (accepted or not). A scan of the slab, like
+    /// [`TcpEngine::orphan_count`]: for stats, not for the per-packet path.
+    pub fn established_count(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| s.mapped)
+            .filter_map(|s| s.conn.as_deref())
+            .filter(|c| c.state == TcpState::Established)
+            .count()
+    }
+
     /// Connections the user closed that the engine is still finishing.
     pub fn orphan_count(&self) -> usize {
         self.slots

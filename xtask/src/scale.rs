@@ -1,0 +1,357 @@
+//! The 100 k-connection scale run (issue 10, "Scale"), shared by the lab test
+//! `tests/tests/scale_e2e.rs` and `cargo xtask bench scale`.
+//!
+//! In a lab: a server in the provider namespace (`provider scale-server` over the provider, or
+//! `provider kernel-scale-server` on kernel sockets) and the Python client
+//! (`scale_client.py`) in the peer namespace, which opens `conns` connections to 198.18.0.1
+//! spread over several server ports (one peer address and ≈50 k ephemeral ports per server
+//! port: the 4-tuple limit per address pair is per server port) and holds them all. Then:
+//! memory of the idle connections, a sample echoes distinct messages (checked byte for byte
+//! by the client), memory again, the client closes everything (FIN first from the peer, so the
+//! server side leaves no TIME_WAIT) and the server closes each connection at its EOF and waits
+//! for its stack's connection count to reach 0.
+//!
+//! Memory: the server process's RSS and heap in use (glibc `mallinfo2`) against the values
+//! right after its listeners were set up; kernel memory from `/proc/slabinfo` (global, so other
+//! work on the machine shows up as noise) before the client starts and with every connection
+//! idle. In a provider run the slab delta is the kernel client's sockets alone; in a kernel
+//! run it is client plus server, so the kernel server's own cost is the difference.
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use serde_json::{Value, json};
+
+use crate::lab::{Lab, PROVIDER_V4};
+use crate::proc::Proc;
+
+/// The client script, run with `python3 -c`.
+pub const CLIENT_PY: &str = include_str!("scale_client.py");
+
+/// Slab caches that hold a kernel TCP socket's memory (socket, inode + dentry of the socket
+/// file, file, and what request/TIME_WAIT minisockets and skbs take).
+pub const SOCKET_CACHES: &[&str] = &[
+    "TCP",
+    "request_sock_TCP",
+    "tw_sock_TCP",
+    "sock_inode_cache",
+    "dentry",
+    "filp",
+    "eventpoll_epi",
+    "eventpoll_pwq",
+    "skbuff_head_cache",
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Server {
+    Provider,
+    Kernel,
+}
+
+impl Server {
+    pub fn name(self) -> &'static str {
+        match self {
+            Server::Provider => "provider",
+            Server::Kernel => "kernel",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct ScaleOptions {
+    pub conns: usize,
+    pub ports: Vec<u16>,
+    /// Client handshakes in flight at once.
+    pub inflight: usize,
+    /// Connections that echo a message, and its size.
+    pub echo_sample: usize,
+    pub echo_size: usize,
+    /// Pause between the last accept and the idle measurement.
+    pub settle: Duration,
+    /// Extra flags for `provider scale-server` (e.g. `--time-wait-ms`).
+    pub provider_args: Vec<String>,
+    /// Where the provider writes its stats snapshot (provider runs).
+    pub stats_file: Option<PathBuf>,
+    /// Limit for each phase.
+    pub phase_timeout: Duration,
+}
+
+impl Default for ScaleOptions {
+    fn default() -> Self {
+        ScaleOptions {
+            conns: 100_000,
+            ports: vec![7400, 7401, 7402, 7403],
+            inflight: 512,
+            echo_sample: 1000,
+            echo_size: 256,
+            settle: Duration::from_secs(2),
+            provider_args: Vec::new(),
+            stats_file: None,
+            phase_timeout: Duration::from_secs(300),
+        }
+    }
+}
+
+/// Live slab bytes (`active_objs × objsize`) per cache.
+pub type Slab = BTreeMap<String, u64>;
+
+pub fn read_slab() -> Result<Slab> {
+    let text = std::fs::read_to_string("/proc/slabinfo").context("read /proc/slabinfo")?;
+    let mut m = Slab::new();
+    for line in text.lines().skip(2) {
+        let w: Vec<&str> = line.split_whitespace().collect();
+        if w.len() < 4 {
+            continue;
+        }
+        let (Ok(active), Ok(size)) = (w[1].parse::<u64>(), w[3].parse::<u64>()) else {
+            continue;
+        };
+        *m.entry(w[0].to_owned()).or_default() += active * size;
+    }
+    Ok(m)
+}
+
+/// Per-cache byte deltas `after − before` of [`SOCKET_CACHES`], and their sum.
+pub fn slab_delta(before: &Slab, after: &Slab) -> (BTreeMap<String, i64>, i64) {
+    let mut d = BTreeMap::new();
+    let mut sum = 0;
+    for &c in SOCKET_CACHES {
+        let v = *after.get(c).unwrap_or(&0) as i64 - *before.get(c).unwrap_or(&0) as i64;
+        d.insert(c.to_owned(), v);
+        sum += v;
+    }
+    (d, sum)
+}
+
+/// The `TCP:` line of `/proc/net/sockstat` in `ns` (inuse is per namespace; mem is pages,
+/// machine-wide).
+pub fn sockstat_tcp(lab: &Lab, ns: &str) -> Result<BTreeMap<String, u64>> {
+    let text = lab.exec_ok(ns, &["cat", "/proc/net/sockstat"])?;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("TCP:"))
+        .context("no TCP line in sockstat")?;
+    let w: Vec<&str> = line.split_whitespace().skip(1).collect();
+    Ok(w.chunks(2)
+        .filter_map(|p| Some((p[0].to_owned(), p.get(1)?.parse().ok()?)))
+        .collect())
+}
+
+/// Everything one run measured and saw.
+#[derive(Debug, Clone)]
+pub struct ScaleRun {
+    pub server: Server,
+    pub conns: usize,
+    /// The client's `established` event (retries, seconds).
+    pub client_established: Value,
+    /// The server's `accepted` event.
+    pub accepted: Value,
+    /// The server's `measure` with every connection idle, before any data moved.
+    pub idle: Value,
+    /// The provider's stats file at that moment (provider runs).
+    pub stats_file_idle: Option<Value>,
+    pub client_echoed: Value,
+    pub server_echoed: Value,
+    /// The server's `measure` right after the echo, and after another settle.
+    pub after_echo: Value,
+    pub after_echo_settled: Value,
+    pub client_closed: Value,
+    pub server_closed: Value,
+    /// Slab bytes per socket cache, idle − before the client started.
+    pub slab_idle_delta: BTreeMap<String, i64>,
+    pub slab_idle_delta_sum: i64,
+    /// sockstat TCP (server namespace) before and idle.
+    pub sockstat_before: BTreeMap<String, u64>,
+    pub sockstat_idle: BTreeMap<String, u64>,
+    pub secs: f64,
+}
+
+fn num(v: &Value, k: &str) -> f64 {
+    v.get(k).and_then(Value::as_f64).unwrap_or(0.0)
+}
+
+impl ScaleRun {
+    /// Server RSS growth per connection, idle, bytes.
+    pub fn rss_per_conn(&self, m: &Value) -> f64 {
+        (num(m, "rss") - num(m, "rss_base")) / self.conns as f64
+    }
+
+    /// Server heap-in-use growth per connection, bytes.
+    pub fn heap_per_conn(&self, m: &Value) -> f64 {
+        (num(m, "heap") - num(m, "heap_base")) / self.conns as f64
+    }
+
+    /// Slab bytes of the socket caches per connection (see the module doc for whose).
+    pub fn slab_per_conn(&self) -> f64 {
+        self.slab_idle_delta_sum as f64 / self.conns as f64
+    }
+
+    pub fn to_json(&self) -> Value {
+        json!({
+            "server": self.server.name(),
+            "conns": self.conns,
+            "idle_rss_per_conn": self.rss_per_conn(&self.idle),
+            "idle_heap_per_conn": self.heap_per_conn(&self.idle),
+            "after_echo_rss_per_conn": self.rss_per_conn(&self.after_echo),
+            "after_echo_heap_per_conn": self.heap_per_conn(&self.after_echo),
+            "after_echo_settled_heap_per_conn": self.heap_per_conn(&self.after_echo_settled),
+            "slab_idle_per_conn": self.slab_per_conn(),
+            "slab_idle_delta": self.slab_idle_delta,
+            "sockstat_before": self.sockstat_before,
+            "sockstat_idle": self.sockstat_idle,
+            "client_established": self.client_established,
+            "accepted": self.accepted,
+            "idle": self.idle,
+            "stats_file_idle": self.stats_file_idle,
+            "client_echoed": self.client_echoed,
+            "server_echoed": self.server_echoed,
+            "after_echo": self.after_echo,
+            "after_echo_settled": self.after_echo_settled,
+            "client_closed": self.client_closed,
+            "server_closed": self.server_closed,
+            "secs": self.secs,
+        })
+    }
+}
+
+/// The next JSON line with `"event": event` (other JSON events are errors).
+fn wait_event(p: &mut Proc, event: &str, timeout: Duration) -> Result<Value> {
+    let end = Instant::now() + timeout;
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            bail!(
+                "{}: no {event:?} event within {timeout:?}; stderr:\n{}",
+                p.name(),
+                p.stderr_tail()
+            );
+        }
+        let Some(line) = p.next_line(left)? else {
+            if p.try_status().is_some() {
+                bail!(
+                    "{} exited before {event:?}; stderr:\n{}",
+                    p.name(),
+                    p.stderr_tail()
+                );
+            }
+            continue;
+        };
+        let Ok(v) = serde_json::from_str::<Value>(&line.text) else {
+            eprintln!("[{}] {}", p.name(), line.text);
+            continue;
+        };
+        match v.get("event").and_then(Value::as_str) {
+            Some(e) if e == event => return Ok(v),
+            _ => bail!("{}: expected {event:?}, got {v}", p.name()),
+        }
+    }
+}
+
+/// One run against `server`. `bin` is the `provider` binary.
+pub fn run(lab: &Lab, bin: &Path, server: Server, o: &ScaleOptions) -> Result<ScaleRun> {
+    let t0 = Instant::now();
+    let ports = o
+        .ports
+        .iter()
+        .map(u16::to_string)
+        .collect::<Vec<_>>()
+        .join(",");
+    // Ephemeral ports of the peer: 51 000 per server port, ample for conns / ports each.
+    lab.exec_ok(
+        &lab.peer_ns,
+        &["sysctl", "-qw", "net.ipv4.ip_local_port_range=10000 60999"],
+    )?;
+    let conns = o.conns.to_string();
+    let mut cmd = lab.provider_cmd(bin);
+    match server {
+        Server::Provider => {
+            cmd.arg("scale-server").args(["--iface", &lab.provider_if]);
+            if let Some(f) = &o.stats_file {
+                cmd.arg("--stats-file").arg(f);
+            }
+            cmd.args(&o.provider_args);
+        }
+        Server::Kernel => {
+            cmd.arg("kernel-scale-server");
+        }
+    }
+    cmd.args(["--ports", &ports, "--conns", &conns]);
+    let mut srv = Proc::spawn_with_stdin(&format!("{} scale server", server.name()), &mut cmd)?;
+    srv.wait_ready(Duration::from_secs(60))?;
+    let slab_before = read_slab()?;
+    let sockstat_before = sockstat_tcp(lab, &lab.provider_ns)?;
+
+    let mut client_cmd = lab.peer_cmd("python3");
+    client_cmd.args(["-u", "-c", CLIENT_PY]).args([
+        &PROVIDER_V4.to_string(),
+        &ports,
+        &conns,
+        &o.inflight.to_string(),
+    ]);
+    let mut cli = Proc::spawn_with_stdin("scale client", &mut client_cmd)?;
+    let client_established = wait_event(&mut cli, "established", o.phase_timeout)?;
+    let accepted = wait_event(&mut srv, "accepted", o.phase_timeout)?;
+    eprintln!(
+        "{}: {} connections established in {:.1} s (client retries {})",
+        server.name(),
+        o.conns,
+        num(&client_established, "secs"),
+        client_established["retries"]
+    );
+    std::thread::sleep(o.settle);
+    srv.send_line("measure")?;
+    let idle = wait_event(&mut srv, "measure", o.phase_timeout)?;
+    let slab_idle = read_slab()?;
+    let sockstat_idle = sockstat_tcp(lab, &lab.provider_ns)?;
+    let stats_file_idle = match (&o.stats_file, server) {
+        (Some(f), Server::Provider) => {
+            // The writer runs every 500 ms: a snapshot taken after the measure.
+            std::thread::sleep(Duration::from_millis(1200));
+            let text = std::fs::read_to_string(f)
+                .with_context(|| format!("read stats file {}", f.display()))?;
+            Some(serde_json::from_str(&text)?)
+        }
+        _ => None,
+    };
+    let (slab_idle_delta, slab_idle_delta_sum) = slab_delta(&slab_before, &slab_idle);
+
+    let sample = o.echo_sample.min(o.conns);
+    srv.send_line(&format!("echo {}", sample * o.echo_size))?;
+    cli.send_line(&format!("echo {sample} {}", o.echo_size))?;
+    let client_echoed = wait_event(&mut cli, "echoed", o.phase_timeout)?;
+    let server_echoed = wait_event(&mut srv, "echoed", o.phase_timeout)?;
+    srv.send_line("measure")?;
+    let after_echo = wait_event(&mut srv, "measure", o.phase_timeout)?;
+    std::thread::sleep(o.settle);
+    srv.send_line("measure")?;
+    let after_echo_settled = wait_event(&mut srv, "measure", o.phase_timeout)?;
+
+    srv.send_line("close")?;
+    cli.send_line("close")?;
+    let client_closed = wait_event(&mut cli, "closed", o.phase_timeout)?;
+    let server_closed = wait_event(&mut srv, "closed", o.phase_timeout)?;
+    cli.send_line("quit")?;
+    srv.send_line("quit")?;
+    let _ = cli.wait_exit(Duration::from_secs(30))?;
+    let _ = srv.wait_exit(Duration::from_secs(30))?;
+    Ok(ScaleRun {
+        server,
+        conns: o.conns,
+        client_established,
+        accepted,
+        idle,
+        stats_file_idle,
+        client_echoed,
+        server_echoed,
+        after_echo,
+        after_echo_settled,
+        client_closed,
+        server_closed,
+        slab_idle_delta,
+        slab_idle_delta_sum,
+        sockstat_before,
+        sockstat_idle,
+        secs: t0.elapsed().as_secs_f64(),
+    })
+}
