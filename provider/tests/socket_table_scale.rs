@@ -138,12 +138,10 @@ fn a_million_sockets_in_the_table() {
     // A sample spread over the whole table is usable: bound, named, closed early; its stale
     // handles then give WSAENOTSOCK while its neighbours still answer.
     let step = (n / 1000).max(1);
-    let mut port = 1024u16;
     let mut sampled = Vec::new();
-    for i in (0..n).step_by(step) {
+    for (port, i) in (1024u16..).zip((0..n).step_by(step)) {
         let s = handles[i];
         let addr: SocketAddr = format!("198.18.0.1:{port}").parse().unwrap();
-        port += 1;
         p.wsp_bind(s, addr)
             .unwrap_or_else(|e| panic!("bind sample {i}: {e:?}"));
         assert_eq!(p.wsp_get_sock_name(s), Ok(addr), "sample {i}");

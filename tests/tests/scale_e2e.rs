@@ -24,6 +24,7 @@ fn hundred_thousand_established_connections_with_the_kernel_peer() {
     let stats_file = std::env::temp_dir().join(format!("provider-stats-{}.json", lab.name));
     let o = ScaleOptions {
         conns,
+        ports: xtask::scale::ports_for(conns, 7400),
         stats_file: Some(stats_file.clone()),
         settle: Duration::from_secs(1),
         ..ScaleOptions::default()
@@ -51,6 +52,8 @@ fn hundred_thousand_established_connections_with_the_kernel_peer() {
 
     // All closed cleanly: every connection ended with the peer's FIN, none with an error, and
     // the engine holds no connection afterwards.
+    assert_eq!(r.client_closed["eof"], conns as u64, "{}", r.client_closed);
+    assert_eq!(r.client_closed["errors"], 0);
     assert_eq!(r.server_closed["eof"], conns as u64, "{}", r.server_closed);
     assert_eq!(r.server_closed["errors"], 0);
     assert_eq!(r.server_closed["connections_left"], 0);

@@ -3,9 +3,10 @@
 //!
 //! In a lab: a server in the provider namespace (`provider scale-server` over the provider, or
 //! `provider kernel-scale-server` on kernel sockets) and the Python client
-//! (`scale_client.py`) in the peer namespace, which opens `conns` connections to 198.18.0.1
-//! spread over several server ports (one peer address and ≈50 k ephemeral ports per server
-//! port: the 4-tuple limit per address pair is per server port) and holds them all. Then:
+//! (`scale_client.py`, one process per server port: see [`CONNS_PER_PROCESS`]) in the peer
+//! namespace, which open `conns` connections to 198.18.0.1 spread over several server ports
+//! (one peer address and ≈50 k ephemeral ports per server port: the 4-tuple limit per address
+//! pair is per server port) and hold them all. Then:
 //! memory of the idle connections, a sample echoes distinct messages (checked byte for byte
 //! by the client), memory again, the client closes everything (FIN first from the peer, so the
 //! server side leaves no TIME_WAIT) and the server closes each connection at its EOF and waits
@@ -81,7 +82,7 @@ impl Default for ScaleOptions {
     fn default() -> Self {
         ScaleOptions {
             conns: 100_000,
-            ports: vec![7400, 7401, 7402, 7403],
+            ports: ports_for(100_000, 7400),
             inflight: 512,
             echo_sample: 1000,
             echo_size: 256,
@@ -248,50 +249,159 @@ fn wait_event(p: &mut Proc, event: &str, timeout: Duration) -> Result<Value> {
     }
 }
 
+/// Most descriptors one process may hold here: the hard RLIMIT_NOFILE of these machines is
+/// 20 000 and raising it needs CAP_SYS_RESOURCE, which they do not grant. So the peer's
+/// connections are spread over client processes, one per server port, at most this many each
+/// (and a kernel server is one process per port too; the provider needs no descriptor per
+/// connection and serves every port from one process).
+pub const CONNS_PER_PROCESS: usize = 12_500;
+
+/// Server ports for `conns` connections: one per [`CONNS_PER_PROCESS`], from `first`.
+pub fn ports_for(conns: usize, first: u16) -> Vec<u16> {
+    (0..conns.div_ceil(CONNS_PER_PROCESS).max(1) as u16)
+        .map(|i| first + i)
+        .collect()
+}
+
+/// `total` split over `parts` as evenly as possible.
+fn split(total: usize, parts: usize) -> Vec<usize> {
+    (0..parts)
+        .map(|i| total / parts + usize::from(i < total % parts))
+        .collect()
+}
+
+fn wait_all(ps: &mut [Proc], event: &str, timeout: Duration) -> Result<Vec<Value>> {
+    ps.iter_mut()
+        .map(|p| wait_event(p, event, timeout))
+        .collect()
+}
+
+fn send_all(ps: &mut [Proc], lines: &[String]) -> Result<()> {
+    for (p, l) in ps.iter_mut().zip(lines) {
+        p.send_line(l)?;
+    }
+    Ok(())
+}
+
+fn sum(vs: &[Value], k: &str) -> f64 {
+    vs.iter().map(|v| num(v, k)).sum()
+}
+
+/// Several servers' `measure`/`accepted`/… events as one: memory and counters summed, the
+/// first server's stats (the provider's only one), seconds the longest.
+fn merge(vs: &[Value]) -> Value {
+    let mut m = json!({});
+    for k in [
+        "rss",
+        "rss_base",
+        "heap",
+        "heap_base",
+        "n",
+        "conns",
+        "bytes",
+        "closed",
+        "eof",
+        "errors",
+        "unexpected_data",
+        "connections_left",
+        "ok",
+        "bad",
+        "sample",
+        "retries",
+    ] {
+        if vs.iter().any(|v| v.get(k).is_some()) {
+            m[k] = (sum(vs, k) as u64).into();
+        }
+    }
+    m["secs"] = vs.iter().map(|v| num(v, "secs")).fold(0.0, f64::max).into();
+    if let Some(e) = vs.first().and_then(|v| v.get("event")) {
+        m["event"] = e.clone();
+    }
+    if let Some(st) = vs.first().and_then(|v| v.get("stats")) {
+        m["stats"] = st.clone();
+    }
+    m["processes"] = vs.len().into();
+    m
+}
+
 /// One run against `server`. `bin` is the `provider` binary.
 pub fn run(lab: &Lab, bin: &Path, server: Server, o: &ScaleOptions) -> Result<ScaleRun> {
     let t0 = Instant::now();
-    let ports = o
-        .ports
-        .iter()
-        .map(u16::to_string)
-        .collect::<Vec<_>>()
-        .join(",");
-    // Ephemeral ports of the peer: 51 000 per server port, ample for conns / ports each.
+    let join = |ps: &[u16]| ps.iter().map(u16::to_string).collect::<Vec<_>>().join(",");
+    // Ephemeral ports of the peer: 51 000 per server port, ample for each client's share.
     lab.exec_ok(
         &lab.peer_ns,
         &["sysctl", "-qw", "net.ipv4.ip_local_port_range=10000 60999"],
     )?;
-    let conns = o.conns.to_string();
-    let mut cmd = lab.provider_cmd(bin);
-    match server {
-        Server::Provider => {
-            cmd.arg("scale-server").args(["--iface", &lab.provider_if]);
-            if let Some(f) = &o.stats_file {
-                cmd.arg("--stats-file").arg(f);
-            }
-            cmd.args(&o.provider_args);
-        }
-        Server::Kernel => {
-            cmd.arg("kernel-scale-server");
-        }
+    let per_port = split(o.conns, o.ports.len());
+    if per_port.iter().any(|&n| n > CONNS_PER_PROCESS) {
+        bail!(
+            "{} connections over {} ports: more than {CONNS_PER_PROCESS} per port (see ports_for)",
+            o.conns,
+            o.ports.len()
+        );
     }
-    cmd.args(["--ports", &ports, "--conns", &conns]);
-    let mut srv = Proc::spawn_with_stdin(&format!("{} scale server", server.name()), &mut cmd)?;
-    srv.wait_ready(Duration::from_secs(60))?;
+    let sample = o.echo_sample.min(o.conns);
+    let sample_per_port = split(sample, o.ports.len());
+    // Servers: (ports, connections) each.
+    let plan: Vec<(Vec<u16>, usize)> = match server {
+        Server::Provider => vec![(o.ports.clone(), o.conns)],
+        Server::Kernel => o
+            .ports
+            .iter()
+            .zip(&per_port)
+            .map(|(&p, &n)| (vec![p], n))
+            .collect(),
+    };
+    let mut servers = Vec::new();
+    for (i, (ports, n)) in plan.iter().enumerate() {
+        let mut cmd = lab.provider_cmd(bin);
+        match server {
+            Server::Provider => {
+                cmd.arg("scale-server").args(["--iface", &lab.provider_if]);
+                if let Some(f) = &o.stats_file {
+                    cmd.arg("--stats-file").arg(f);
+                }
+                cmd.args(&o.provider_args);
+            }
+            Server::Kernel => {
+                cmd.arg("kernel-scale-server");
+            }
+        }
+        cmd.args(["--ports", &join(ports), "--conns", &n.to_string()]);
+        let mut p =
+            Proc::spawn_with_stdin(&format!("{} scale server {i}", server.name()), &mut cmd)?;
+        p.wait_ready(Duration::from_secs(60))?;
+        servers.push(p);
+    }
+    // The echo bytes each server sees.
+    let server_echo: Vec<String> = match server {
+        Server::Provider => vec![format!("echo {}", sample * o.echo_size)],
+        Server::Kernel => sample_per_port
+            .iter()
+            .map(|k| format!("echo {}", k * o.echo_size))
+            .collect(),
+    };
     let slab_before = read_slab()?;
     let sockstat_before = sockstat_tcp(lab, &lab.provider_ns)?;
 
-    let mut client_cmd = lab.peer_cmd("python3");
-    client_cmd.args(["-u", "-c", CLIENT_PY]).args([
-        &PROVIDER_V4.to_string(),
-        &ports,
-        &conns,
-        &o.inflight.to_string(),
-    ]);
-    let mut cli = Proc::spawn_with_stdin("scale client", &mut client_cmd)?;
-    let client_established = wait_event(&mut cli, "established", o.phase_timeout)?;
-    let accepted = wait_event(&mut srv, "accepted", o.phase_timeout)?;
+    let inflight = (o.inflight / o.ports.len()).max(32).to_string();
+    let mut clients = Vec::new();
+    for (i, (&port, &n)) in o.ports.iter().zip(&per_port).enumerate() {
+        let mut c = lab.peer_cmd("python3");
+        c.args(["-u", "-c", CLIENT_PY]).args([
+            &PROVIDER_V4.to_string(),
+            &port.to_string(),
+            &n.to_string(),
+            &inflight,
+        ]);
+        clients.push(Proc::spawn_with_stdin(
+            &format!("scale client {i}"),
+            &mut c,
+        )?);
+    }
+    let client_established = merge(&wait_all(&mut clients, "established", o.phase_timeout)?);
+    let accepted = merge(&wait_all(&mut servers, "accepted", o.phase_timeout)?);
     eprintln!(
         "{}: {} connections established in {:.1} s (client retries {})",
         server.name(),
@@ -299,9 +409,14 @@ pub fn run(lab: &Lab, bin: &Path, server: Server, o: &ScaleOptions) -> Result<Sc
         num(&client_established, "secs"),
         client_established["retries"]
     );
+    let measure = |servers: &mut Vec<Proc>| -> Result<Value> {
+        for p in servers.iter_mut() {
+            p.send_line("measure")?;
+        }
+        Ok(merge(&wait_all(servers, "measure", o.phase_timeout)?))
+    };
     std::thread::sleep(o.settle);
-    srv.send_line("measure")?;
-    let idle = wait_event(&mut srv, "measure", o.phase_timeout)?;
+    let idle = measure(&mut servers)?;
     let slab_idle = read_slab()?;
     let sockstat_idle = sockstat_tcp(lab, &lab.provider_ns)?;
     let stats_file_idle = match (&o.stats_file, server) {
@@ -316,25 +431,29 @@ pub fn run(lab: &Lab, bin: &Path, server: Server, o: &ScaleOptions) -> Result<Sc
     };
     let (slab_idle_delta, slab_idle_delta_sum) = slab_delta(&slab_before, &slab_idle);
 
-    let sample = o.echo_sample.min(o.conns);
-    srv.send_line(&format!("echo {}", sample * o.echo_size))?;
-    cli.send_line(&format!("echo {sample} {}", o.echo_size))?;
-    let client_echoed = wait_event(&mut cli, "echoed", o.phase_timeout)?;
-    let server_echoed = wait_event(&mut srv, "echoed", o.phase_timeout)?;
-    srv.send_line("measure")?;
-    let after_echo = wait_event(&mut srv, "measure", o.phase_timeout)?;
+    send_all(&mut servers, &server_echo)?;
+    let client_echo: Vec<String> = sample_per_port
+        .iter()
+        .map(|k| format!("echo {k} {}", o.echo_size))
+        .collect();
+    send_all(&mut clients, &client_echo)?;
+    let client_echoed = merge(&wait_all(&mut clients, "echoed", o.phase_timeout)?);
+    let server_echoed = merge(&wait_all(&mut servers, "echoed", o.phase_timeout)?);
+    let after_echo = measure(&mut servers)?;
     std::thread::sleep(o.settle);
-    srv.send_line("measure")?;
-    let after_echo_settled = wait_event(&mut srv, "measure", o.phase_timeout)?;
+    let after_echo_settled = measure(&mut servers)?;
 
-    srv.send_line("close")?;
-    cli.send_line("close")?;
-    let client_closed = wait_event(&mut cli, "closed", o.phase_timeout)?;
-    let server_closed = wait_event(&mut srv, "closed", o.phase_timeout)?;
-    cli.send_line("quit")?;
-    srv.send_line("quit")?;
-    let _ = cli.wait_exit(Duration::from_secs(30))?;
-    let _ = srv.wait_exit(Duration::from_secs(30))?;
+    for p in servers.iter_mut().chain(clients.iter_mut()) {
+        p.send_line("close")?;
+    }
+    let client_closed = merge(&wait_all(&mut clients, "closed", o.phase_timeout)?);
+    let server_closed = merge(&wait_all(&mut servers, "closed", o.phase_timeout)?);
+    for p in clients.iter_mut().chain(servers.iter_mut()) {
+        p.send_line("quit")?;
+    }
+    for p in clients.iter_mut().chain(servers.iter_mut()) {
+        let _ = p.wait_exit(Duration::from_secs(30))?;
+    }
     Ok(ScaleRun {
         server,
         conns: o.conns,

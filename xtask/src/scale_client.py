@@ -4,7 +4,8 @@
 # on stdin, answering each with one JSON line on stdout:
 #   echo K SIZE  - send a distinct SIZE-byte message on K connections spread over all of
 #                  them, read each echo back and compare it byte for byte
-#   close        - close every connection (FIN: the peer closes first)
+#   close        - shut every connection down (our FIN first), wait for the server's FIN
+#                  (EOF) on each, then close it
 #   quit         - exit
 # usage: python3 scale_client.py HOST PORT[,PORT...] N INFLIGHT
 import collections
@@ -124,11 +125,44 @@ def main():
             out(event="echoed", ok=ok, bad=bad, bytes=len(sample) * size,
                 sample=len(sample), secs=time.monotonic() - t)
         elif words[0] == "close":
+            # Paced like the connects: at most INFLIGHT connections between our FIN and the
+            # server's. shutdown(SHUT_WR), not close(): a closed socket is an orphan, and the
+            # kernel gives an orphan's FIN only a few retransmissions (TCPAbortOnTimeout), so a
+            # burst of 100 k FINs that meets a busy receiver would leave connections behind.
             t = time.monotonic()
-            for i, s in enumerate(socks):
-                s.close()
-                socks[i] = None
-            out(event="closed", n=n, secs=time.monotonic() - t)
+            todo = collections.deque(range(n))
+            waiting = {}
+            eof = errors = unexpected = 0
+            while todo or waiting:
+                while len(waiting) < inflight and todo:
+                    i = todo.popleft()
+                    s = socks[i]
+                    s.setblocking(False)
+                    s.shutdown(socket.SHUT_WR)
+                    waiting[s.fileno()] = (i, s)
+                    ep.register(s.fileno(), select.EPOLLIN | select.EPOLLRDHUP)
+                for fd, _ in ep.poll(1.0):
+                    i, s = waiting[fd]
+                    try:
+                        data = s.recv(65536)
+                    except BlockingIOError:
+                        continue
+                    except OSError:
+                        errors += 1
+                    else:
+                        if data:
+                            unexpected += 1
+                            continue
+                        eof += 1
+                    del waiting[fd]
+                    ep.unregister(fd)
+                    s.close()
+                    socks[i] = None
+                if time.monotonic() - t > LIMIT:
+                    out(event="error", what="close", eof=eof, left=len(waiting) + len(todo))
+                    sys.exit(1)
+            out(event="closed", n=n, eof=eof, errors=errors, unexpected_data=unexpected,
+                secs=time.monotonic() - t)
         elif words[0] == "quit":
             break
         else:

@@ -333,6 +333,7 @@ fn serve<S: Side>(side: &mut S, args: &ScaleArgs, base: (u64, u64)) -> BoxResult
                 let t = Instant::now();
                 let (mut eof, mut errors, mut unexpected) = (0u64, 0u64, 0u64);
                 let total = conns.len();
+                let mut last_report = Instant::now();
                 while !conns.is_empty() {
                     let before = conns.len();
                     let mut keep = Vec::with_capacity(conns.len());
@@ -354,6 +355,14 @@ fn serve<S: Side>(side: &mut S, args: &ScaleArgs, base: (u64, u64)) -> BoxResult
                         }
                     }
                     conns = keep;
+                    if last_report.elapsed() > Duration::from_secs(5) {
+                        last_report = Instant::now();
+                        eprintln!(
+                            "close: {} open, {eof} EOF, {errors} errors, {} connections in the stack",
+                            conns.len(),
+                            side.connections()
+                        );
+                    }
                     if conns.len() == before {
                         if t.elapsed() > PHASE_LIMIT {
                             return Err(format!("{} connections never saw EOF", conns.len()).into());
@@ -366,6 +375,10 @@ fn serve<S: Side>(side: &mut S, args: &ScaleArgs, base: (u64, u64)) -> BoxResult
                 while left > 0 && t.elapsed() < PHASE_LIMIT {
                     std::thread::sleep(Duration::from_millis(20));
                     left = side.connections();
+                    if last_report.elapsed() > Duration::from_secs(5) {
+                        last_report = Instant::now();
+                        eprintln!("close: all closed, {left} connections left in the stack");
+                    }
                 }
                 let mut ev = mem_json(base);
                 ev["event"] = "closed".into();
