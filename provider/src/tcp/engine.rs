@@ -737,6 +737,12 @@ impl TcpEngine {
         self.orphan_timeouts
     }
 
+    /// Bytes of allocation the connection's queues hold (buffers, transmit queue, out-of-order
+    /// blocks, queued ACKs): see [`super::buffer`].
+    pub fn buffer_bytes(&self, id: ConnId) -> Option<usize> {
+        self.conn(id).map(|c| c.buffer_bytes())
+    }
+
     /// Connections in ESTABLISHED (accepted or not). A scan of the slab, like
     /// [`TcpEngine::orphan_count`]: for stats, not for the per-packet path.
     pub fn established_count(&self) -> usize {
