@@ -474,3 +474,124 @@ pub fn run(lab: &Lab, bin: &Path, server: Server, o: &ScaleOptions) -> Result<Sc
         secs: t0.elapsed().as_secs_f64(),
     })
 }
+
+/// `cargo xtask bench scale` options.
+#[derive(Clone, Debug)]
+pub struct BenchOptions {
+    pub conns: usize,
+    /// Rounds; kernel and provider alternate, medians reported.
+    pub rounds: u32,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    if v.is_empty() { 0.0 } else { v[v.len() / 2] }
+}
+
+/// `cargo xtask bench scale`: the same `conns` idle connections from the same kernel client,
+/// served by kernel sockets and by the provider, in one lab; memory per idle established
+/// connection for each. A measurement, never an assertion.
+pub fn bench(o: &BenchOptions) -> Result<()> {
+    crate::provider_bin::require_root("bench scale")?;
+    crate::proc::install_signal_flag();
+    let bin = crate::provider_bin::setup_and_build()?;
+    eprintln!("==> lab up (1 queue)");
+    let lab = Lab::up(&crate::lab::LabConfig::default())?;
+    let stats_file = std::env::temp_dir().join(format!("provider-stats-{}.json", lab.name));
+    let so = ScaleOptions {
+        conns: o.conns,
+        ports: ports_for(o.conns, 7400),
+        stats_file: Some(stats_file.clone()),
+        ..ScaleOptions::default()
+    };
+    let mut runs: Vec<ScaleRun> = Vec::new();
+    for round in 0..o.rounds.max(1) {
+        for server in [Server::Kernel, Server::Provider] {
+            eprintln!(
+                "==> round {} of {}: {} server, {} connections",
+                round + 1,
+                o.rounds.max(1),
+                server.name(),
+                o.conns
+            );
+            let r = run(&lab, &bin, server, &so);
+            let _ = std::fs::remove_file(&stats_file);
+            runs.push(r?);
+        }
+    }
+    let of = |s: Server, f: &dyn Fn(&ScaleRun) -> f64| {
+        median(runs.iter().filter(|r| r.server == s).map(f).collect())
+    };
+    let k_rss = of(Server::Kernel, &|r| r.rss_per_conn(&r.idle));
+    let k_heap = of(Server::Kernel, &|r| r.heap_per_conn(&r.idle));
+    let k_slab_both = of(Server::Kernel, &ScaleRun::slab_per_conn);
+    let p_slab_client = of(Server::Provider, &ScaleRun::slab_per_conn);
+    // The client's sockets are the same in both runs: the rest is the kernel server's.
+    let k_slab_server = k_slab_both - p_slab_client;
+    let k_total = k_rss.max(0.0) + k_slab_server;
+    let p_rss = of(Server::Provider, &|r| r.rss_per_conn(&r.idle));
+    let p_heap = of(Server::Provider, &|r| r.heap_per_conn(&r.idle));
+    let p_heap_echo = of(Server::Provider, &|r| {
+        r.heap_per_conn(&r.after_echo_settled)
+    });
+    let k_mem_pages = of(Server::Kernel, &|r| {
+        (r.sockstat_idle.get("mem").copied().unwrap_or(0) as f64
+            - r.sockstat_before.get("mem").copied().unwrap_or(0) as f64)
+            * 4096.0
+            / r.conns as f64
+    });
+    let k_connect = of(Server::Kernel, &|r| num(&r.client_established, "secs"));
+    let p_connect = of(Server::Provider, &|r| num(&r.client_established, "secs"));
+    let ratio = |p: f64, k: f64| if k > 0.0 { p / k } else { f64::NAN };
+    println!();
+    println!(
+        "scale: {} idle established connections from the kernel client in the peer namespace, {} round(s), medians",
+        o.conns,
+        o.rounds.max(1)
+    );
+    println!("| measure (bytes per connection) | kernel server | provider | ratio |");
+    println!("|---|---|---|---|");
+    println!(
+        "| memory per idle established connection | {k_total:.0} | {p_rss:.0} | {:.2}× |",
+        ratio(p_rss, k_total)
+    );
+    println!("| … server process RSS | {k_rss:.0} | {p_rss:.0} | |");
+    println!(
+        "| … kernel slab of the server's sockets (TCP, sock_inode_cache, dentry, filp, …) | {k_slab_server:.0} | 0 | |"
+    );
+    println!("| server heap in use (glibc mallinfo2) | {k_heap:.0} | {p_heap:.0} | |");
+    println!("| provider heap after 1000 of them echoed 256 B, settled | | {p_heap_echo:.0} | |");
+    println!("| kernel TCP buffer memory (sockstat mem), idle | {k_mem_pages:.0} | | |");
+    println!(
+        "| kernel client slab (both runs, for reference) | {k_slab_both:.0} (client + server) | {p_slab_client:.0} (client) | |"
+    );
+    println!("| time to establish all (s) | {k_connect:.1} | {p_connect:.1} | |");
+    let v = json!({
+        "bench": "scale",
+        "unix_time": crate::bench::unix_now(),
+        "conns": o.conns,
+        "rounds": o.rounds.max(1),
+        "kernel": {
+            "memory_per_idle_conn": k_total,
+            "server_rss_per_conn": k_rss,
+            "server_heap_per_conn": k_heap,
+            "server_slab_per_conn": k_slab_server,
+            "sockstat_mem_per_conn": k_mem_pages,
+            "slab_client_and_server_per_conn": k_slab_both,
+            "establish_secs": k_connect,
+        },
+        "provider": {
+            "memory_per_idle_conn": p_rss,
+            "rss_per_conn": p_rss,
+            "heap_per_conn": p_heap,
+            "heap_per_conn_after_echo_settled": p_heap_echo,
+            "slab_client_per_conn": p_slab_client,
+            "establish_secs": p_connect,
+        },
+        "ratio_provider_to_kernel": ratio(p_rss, k_total),
+        "runs": runs.iter().map(ScaleRun::to_json).collect::<Vec<_>>(),
+    });
+    crate::bench::write_result("scale", &v)?;
+    lab.down()?;
+    Ok(())
+}
