@@ -228,7 +228,17 @@ impl Side for KernelSide {
                 w.next()?.parse::<u64>().ok()
             })
             .unwrap_or(0);
-        inuse.saturating_sub(self.listeners.len() as u64)
+        // Listening sockets of every server in this namespace (a kernel run has one server
+        // process per port) are not connections.
+        let listening = std::fs::read_to_string("/proc/net/tcp")
+            .map(|t| {
+                t.lines()
+                    .skip(1)
+                    .filter(|l| l.split_whitespace().nth(3) == Some("0A"))
+                    .count() as u64
+            })
+            .unwrap_or(self.listeners.len() as u64);
+        inuse.saturating_sub(listening)
     }
 
     fn stats(&self) -> Value {
