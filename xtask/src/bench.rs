@@ -11,6 +11,8 @@
 //!   vs provider in one run (see [`crate::bench_tcp`]).
 //! - `close`: WSPCloseSocket vs kernel close(2) — hard-close RST latency on the wire, graceful
 //!   close of a 1 MiB backlog, closes per second (`bench_close.rs`).
+//! - `scale`: memory per idle established connection, 100 k connections from the kernel
+//!   client, kernel server vs provider (`scale.rs`).
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -30,7 +32,7 @@ mod close_bench;
 pub use close_bench::{CloseOptions, HARD_CLOSE_P50_MAX_NS, close};
 
 /// Known benchmark names, for the error on an unknown one.
-pub const NAMES: &[&str] = &["xdp", "udp-rx", "tcp", "close"];
+pub const NAMES: &[&str] = &["xdp", "udp-rx", "tcp", "close", "async", "scale"];
 
 /// Target ratios from the issues (reported, not enforced). `steer` is held against the
 /// `parse_redirect` reference (its own parse plus an unconditional redirect), not the bare pass.

@@ -15,6 +15,7 @@ pub mod pktgen;
 pub mod proc;
 pub mod provider_bin;
 pub mod run;
+pub mod scale;
 pub mod setup;
 pub mod stats;
 pub mod test;

@@ -152,6 +152,16 @@ enum BenchCmd {
         #[arg(long, default_value_t = 32)]
         connections: u32,
     },
+    /// Scale: N idle established connections from the kernel client, served by kernel sockets
+    /// and by the provider; memory per connection for each.
+    Scale {
+        /// Connections held at once.
+        #[arg(long, default_value_t = 100_000)]
+        conns: usize,
+        /// Rounds (kernel and provider alternate); medians reported.
+        #[arg(long, default_value_t = 1)]
+        rounds: u32,
+    },
     #[command(external_subcommand)]
     Other(Vec<String>),
 }
@@ -308,6 +318,9 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode> {
                 rounds,
                 connections,
             })?,
+            BenchCmd::Scale { conns, rounds } => {
+                xtask::scale::bench(&xtask::scale::BenchOptions { conns, rounds })?
+            }
             BenchCmd::Other(args) => {
                 return Err(xtask::bench::unknown(
                     args.first().map_or("", String::as_str),

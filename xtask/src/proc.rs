@@ -79,6 +79,8 @@ pub struct Proc {
     err_tail: Arc<Mutex<VecDeque<String>>>,
     /// stdout lines read by a wait that were not what it waited for.
     pending: VecDeque<Line>,
+    /// The child's stdin, when spawned with [`Proc::spawn_with_stdin`].
+    stdin: Option<std::process::ChildStdin>,
 }
 
 fn reader(
@@ -116,9 +118,31 @@ fn reader(
 impl Proc {
     /// Spawns `cmd` with stdin closed and stdout/stderr piped. `name` is used in messages.
     pub fn spawn(name: &str, cmd: &mut Command) -> Result<Proc> {
+        Self::spawn_inner(name, cmd, false)
+    }
+
+    /// As [`Proc::spawn`], with stdin piped: [`Proc::send_line`] writes to it.
+    pub fn spawn_with_stdin(name: &str, cmd: &mut Command) -> Result<Proc> {
+        Self::spawn_inner(name, cmd, true)
+    }
+
+    /// Write one line to the child's stdin (spawned with [`Proc::spawn_with_stdin`]).
+    pub fn send_line(&mut self, line: &str) -> Result<()> {
+        use std::io::Write;
+        let name = self.name.clone();
+        let stdin = self
+            .stdin
+            .as_mut()
+            .with_context(|| format!("{name}: stdin not piped"))?;
+        writeln!(stdin, "{line}")
+            .and_then(|()| stdin.flush())
+            .with_context(|| format!("write to {name}'s stdin"))
+    }
+
+    fn spawn_inner(name: &str, cmd: &mut Command, stdin: bool) -> Result<Proc> {
         let shown = cmd::display(cmd);
         let mut child = cmd
-            .stdin(Stdio::null())
+            .stdin(if stdin { Stdio::piped() } else { Stdio::null() })
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -129,6 +153,7 @@ impl Proc {
             child.stderr.take().context("stderr")?,
             Some(err_tail.clone()),
         );
+        let stdin = child.stdin.take();
         Ok(Proc {
             name: name.to_owned(),
             shown,
@@ -138,6 +163,7 @@ impl Proc {
             err,
             err_tail,
             pending: VecDeque::new(),
+            stdin,
         })
     }
 

@@ -151,6 +151,8 @@ pub struct ProviderStats {
     pub udp_no_socket: u64,
     /// TCP connections the engine holds (TIME_WAIT and orphans included).
     pub tcp_connections: u64,
+    /// Of those, in ESTABLISHED.
+    pub tcp_established: u64,
     /// Of those, closed by the application and finishing on their own.
     pub tcp_orphans: u64,
     /// Stream closes by path (DESIGN §7): FIN after queued data.
@@ -650,6 +652,7 @@ impl Provider {
             udp_dropped_queue_full: get(&c.udp_dropped_queue_full),
             udp_no_socket: get(&c.udp_no_socket),
             tcp_connections: tcp.0 as u64,
+            tcp_established: self.tcp_established() as u64,
             tcp_orphans: tcp.1 as u64,
             close_graceful: get(&c.close_graceful),
             close_hard: get(&c.close_hard),

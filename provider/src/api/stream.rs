@@ -610,6 +610,13 @@ impl Provider {
         })
     }
 
+    /// Connections in ESTABLISHED over every shard.
+    pub fn tcp_established(&self) -> usize {
+        (0..self.tcp.count())
+            .map(|k| self.shard_lock(k).engine.established_count())
+            .sum()
+    }
+
     /// Per-shard counters (connections, segments, hand-overs, lock waits).
     pub fn tcp_shard_stats(&self) -> Vec<ShardStats> {
         self.tcp

@@ -3,6 +3,7 @@ mod bench_close;
 mod bench_tcp;
 mod cat;
 mod mmsg;
+mod scale;
 mod script;
 mod sockperf;
 mod tools;
@@ -76,6 +77,11 @@ enum Command {
     /// Kernel clients for `bench-close`, in their own process (internal).
     #[command(hide = true)]
     BenchClosePeer(bench_close::BenchClosePeerArgs),
+    /// Scale test/benchmark server: accept and hold N connections through the provider, then
+    /// echo / measure / close on commands from stdin (JSON lines out).
+    ScaleServer(scale::ScaleServerArgs),
+    /// The same on kernel sockets (`cargo xtask bench scale` compares the two).
+    KernelScaleServer(scale::KernelScaleServerArgs),
 }
 
 /// Datapath settings every subcommand shares.
@@ -150,6 +156,9 @@ pub struct ProviderSettings {
     /// TCP congestion control (default cubic).
     #[arg(long, value_enum)]
     cc: Option<Cc>,
+    /// Socket handles open at once (default 65536; WSAEMFILE beyond).
+    #[arg(long, value_name = "N")]
+    max_sockets: Option<usize>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -187,6 +196,9 @@ impl ProviderSettings {
         if let Some(v) = self.sndbuf {
             config.default_sndbuf = v;
             config.tcp.send_buffer = v;
+        }
+        if let Some(v) = self.max_sockets {
+            config.max_sockets = v;
         }
         if let Some(v) = self.rcvbuf {
             config.default_rcvbuf = v;
@@ -258,6 +270,8 @@ pub fn run() {
         Command::Script(args) => script::script(args),
         Command::BenchClose(args) => bench_close::bench_close(args),
         Command::BenchClosePeer(args) => bench_close::bench_close_peer(args),
+        Command::ScaleServer(args) => scale::scale_server(args),
+        Command::KernelScaleServer(args) => scale::kernel_scale_server(args),
     };
     if let Err(err) = result {
         eprintln!("provider: {err}");

@@ -758,6 +758,23 @@ impl TcpEngine {
         self.orphan_timeouts
     }
 
+    /// Bytes of allocation the connection's queues hold (buffers, transmit queue, out-of-order
+    /// blocks, queued ACKs): see [`super::buffer`].
+    pub fn buffer_bytes(&self, id: ConnId) -> Option<usize> {
+        self.conn(id).map(|c| c.buffer_bytes())
+    }
+
+    /// Connections in ESTABLISHED (accepted or not). A scan of the slab, like
+    /// [`TcpEngine::orphan_count`]: for stats, not for the per-packet path.
+    pub fn established_count(&self) -> usize {
+        self.slots
+            .iter()
+            .filter(|s| s.mapped)
+            .filter_map(|s| s.conn.as_deref())
+            .filter(|c| c.state == TcpState::Established)
+            .count()
+    }
+
     /// Connections the user closed that the engine is still finishing.
     pub fn orphan_count(&self) -> usize {
         self.slots

@@ -8,6 +8,7 @@
 //! - [`conn`]: one connection (state + dispatch, sender, receiver, close);
 //! - [`listener`]: SYN and accept queues; [`engine`]: the multi-connection engine.
 
+pub(crate) mod buffer;
 pub mod cc;
 pub mod isn;
 pub mod reassembly;

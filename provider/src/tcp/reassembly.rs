@@ -230,6 +230,7 @@ impl Reassembler {
             advanced = advanced.saturating_add(b.len());
             next = b.end();
         }
+        crate::tcp::buffer::release_if_empty(&mut self.blocks);
         advanced
     }
 
@@ -260,6 +261,12 @@ impl Reassembler {
     /// Payload bytes held.
     pub fn buffered_bytes(&self) -> usize {
         self.bytes
+    }
+
+    /// Allocation held: the block list and every block's data.
+    pub fn held_bytes(&self) -> usize {
+        use crate::tcp::buffer::Releasable;
+        self.blocks.capacity_bytes() + self.blocks.iter().map(|b| b.data.capacity()).sum::<usize>()
     }
 
     /// Number of disjoint blocks held.

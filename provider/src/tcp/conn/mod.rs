@@ -456,6 +456,7 @@ impl Conn {
             let r = self
                 .snd
                 .on_ack(cx.now, seg, self.snd_wscale, self.sack_ok, ts_ecr, now_ts);
+            self.snd.release_if_drained();
             if r.advanced {
                 self.rto_retries = 0;
                 self.persist_backoff = 0;
@@ -1023,6 +1024,11 @@ impl Conn {
             self.t_keepalive = None;
             self.ka_probes = 0;
         }
+    }
+
+    /// Allocation held by the connection's queues (see `tcp::buffer`).
+    pub(crate) fn buffer_bytes(&self) -> usize {
+        self.snd.buffer_bytes() + self.rcv.buffer_bytes()
     }
 
     pub(crate) fn recv_available(&self) -> usize {

@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 
+use super::super::buffer::{Releasable, release_if_empty};
 use super::super::config::TcpConfig;
 use super::super::options::MAX_SACK_BLOCKS;
 use super::super::reassembly::Reassembler;
@@ -167,6 +168,7 @@ impl Receiver {
         self.read_since_ack = false;
         self.pushed = false;
         self.points.clear();
+        release_if_empty(&mut self.points);
         self.owed = None;
         self.dsack = None;
     }
@@ -180,8 +182,14 @@ impl Receiver {
         self.buf.drain(..n);
         if n > 0 {
             self.read_since_ack = true;
+            release_if_empty(&mut self.buf);
         }
         n
+    }
+
+    /// Allocation held by the receive buffer, the out-of-order blocks and the ACK points.
+    pub(crate) fn buffer_bytes(&self) -> usize {
+        self.buf.capacity_bytes() + self.points.capacity_bytes() + self.reasm.held_bytes()
     }
 
     pub(crate) fn available(&self) -> usize {

@@ -212,6 +212,19 @@ fn sent_after(t1: Instant, s1: SeqNum, t2: Instant, s2: SeqNum) -> bool {
 }
 
 impl Sender {
+    /// Gives back the send buffer's and the transmit queue's allocations once they are empty
+    /// (`tcp::buffer`); called after each ACK is processed.
+    pub(crate) fn release_if_drained(&mut self) {
+        super::super::buffer::release_if_empty(&mut self.buf);
+        super::super::buffer::release_if_empty(&mut self.q);
+    }
+
+    /// Allocation held by the send buffer and the transmit queue.
+    pub(crate) fn buffer_bytes(&self) -> usize {
+        use super::super::buffer::Releasable;
+        self.buf.capacity_bytes() + self.q.capacity_bytes()
+    }
+
     pub(crate) fn new(cfg: &TcpConfig, now: Instant, iss: SeqNum, cap: usize) -> Self {
         let mss = u32::from(cfg.mss).max(64);
         Self {
