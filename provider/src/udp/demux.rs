@@ -1,22 +1,49 @@
 //! Local (address, port) → socket, for UDP.
 //!
-//! The engine looks up every inbound datagram: one read lock, at most two hash lookups (exact
-//! address, then the family's wildcard — the same order the XDP program uses for `STEER`), one
-//! clone of the value (an `Arc` in practice). Writers (bind, close) hold the write lock only for
-//! a map update, or for the scan of a free ephemeral port.
+//! The engine looks up every inbound datagram, on every RX queue at once, so the lookup takes
+//! no lock and writes no shared cache line: readers see an immutable snapshot, and writers
+//! (bind, close — rare next to datagrams) publish a new one (read-copy-update).
+//!
+//! Why this shape: a snapshot is one [`ArcSwap`] per *bucket of ports* (`port mod 256`), each
+//! holding an immutable map endpoint → the socket datagrams go to. A lookup is one `ArcSwap`
+//! load (lock-free; it marks a slot of the calling thread's own, never a shared counter — we
+//! never `load_full`, which would bump the snapshot's shared reference count) and at most two
+//! hash lookups in that bucket (exact address, then the family's wildcard — the same order the
+//! XDP program uses for `STEER`; both keys have the same port, so the same bucket). A writer
+//! copies only the one bucket it changes (≈ endpoints / 256 entries, so bind stays cheap with
+//! tens of thousands of sockets) under the writers' mutex, patches it and swaps it in. Every
+//! snapshot is derived from the previous one under that mutex, so an endpoint that stays bound
+//! is in every snapshot a reader can see: a lookup never misses it, whatever binds and closes
+//! run meanwhile. A reader may still get a socket closed a moment ago (its old snapshot): the
+//! caller checks the socket's own `closed` flag under the socket lock, as before. Per-queue
+//! copies of the whole table were the alternative: as cheap to read, but every bind would
+//! have to update each queue's copy.
+//!
+//! The writers' bookkeeping (every binding of an endpoint with its SO_REUSEADDR flag, port use
+//! counts for ephemeral ports, the round-robin cursors) stays under the mutex, which the
+//! receive path never takes.
 //!
 //! Address-in-use rules (Winsock defaults, no SO_EXCLUSIVEADDRUSE): two sockets may share the
 //! exact same local endpoint only if both set SO_REUSEADDR; a specific address and the wildcard
 //! on the same port coexist (the specific one wins on lookup). IPv4 and IPv6 are separate
 //! (v6 sockets are v6-only, as Windows' default). When several sockets share one endpoint,
 //! datagrams go to the one bound first (Winsock leaves this undefined).
+use arc_swap::ArcSwap;
 use rustc_hash::FxHashMap as HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
-use std::sync::RwLock;
+use std::sync::{Arc, Mutex};
 
-use crate::socket::entry::{Family, read, write};
+use crate::socket::entry::{Family, lock};
 use crate::socket::error::{WsaError, WspResult};
+
+/// Snapshot buckets (a power of two): ports spread over them by their low bits, which
+/// ephemeral (consecutive) ports fill evenly.
+const BUCKETS: usize = 256;
+
+fn bucket(port: u16) -> usize {
+    usize::from(port) & (BUCKETS - 1)
+}
 
 #[derive(Debug)]
 struct Binding<T> {
@@ -25,6 +52,7 @@ struct Binding<T> {
     value: T,
 }
 
+/// The writers' view: everything bind and close need to decide, under the mutex.
 #[derive(Debug)]
 struct Maps<T> {
     /// Keys are our own local endpoints (not attacker-chosen), so a fast non-keyed hash is safe.
@@ -36,10 +64,15 @@ struct Maps<T> {
     next_v6: u16,
 }
 
+/// One bucket of the readers' view: endpoint → the socket its datagrams go to.
+type Snapshot<T> = HashMap<(IpAddr, u16), T>;
+
 /// The UDP demultiplexer.
 #[derive(Debug)]
 pub struct UdpDemux<T> {
-    maps: RwLock<Maps<T>>,
+    maps: Mutex<Maps<T>>,
+    /// The readers' view, `BUCKETS` immutable maps; replaced only by a writer holding `maps`.
+    published: Box<[ArcSwap<Snapshot<T>>]>,
 }
 
 impl<T: Clone> Default for UdpDemux<T> {
@@ -51,34 +84,54 @@ impl<T: Clone> Default for UdpDemux<T> {
 impl<T: Clone> UdpDemux<T> {
     pub fn new() -> Self {
         UdpDemux {
-            maps: RwLock::new(Maps {
+            maps: Mutex::new(Maps {
                 by_addr: HashMap::default(),
                 ports: HashMap::default(),
                 next_v4: 0,
                 next_v6: 0,
             }),
+            published: (0..BUCKETS)
+                .map(|_| ArcSwap::from_pointee(Snapshot::default()))
+                .collect(),
         }
     }
 
     /// The socket for a datagram addressed to `local`: exact address first, then wildcard.
+    /// Lock-free (see the module comment).
     pub fn lookup(&self, local: SocketAddr) -> Option<T> {
-        let maps = read(&self.maps);
-        let exact = maps.by_addr.get(&(local.ip(), local.port()));
-        let hit = match exact {
-            Some(v) if !v.is_empty() => v,
-            _ => {
-                let wild = Family::of(&local).unspecified();
-                maps.by_addr.get(&(wild, local.port()))?
+        let snap = self.published[bucket(local.port())].load();
+        snap.get(&(local.ip(), local.port()))
+            .or_else(|| snap.get(&(Family::of(&local).unspecified(), local.port())))
+            .cloned()
+    }
+
+    /// Publish what `maps` now says about the endpoint `key`: a copy of its bucket with the
+    /// entry replaced (the first binding's value) or removed. Called with `maps` locked, so
+    /// copies never race each other.
+    fn publish(&self, maps: &Maps<T>, key: (IpAddr, u16)) {
+        let slot = &self.published[bucket(key.1)];
+        let mut next = Snapshot::clone(&slot.load());
+        match maps.by_addr.get(&key).and_then(|list| list.first()) {
+            Some(b) => {
+                next.insert(key, b.value.clone());
             }
-        };
-        hit.first().map(|b| b.value.clone())
+            None => {
+                next.remove(&key);
+            }
+        }
+        slot.store(Arc::new(next));
     }
 
     /// Register `id` on `local` (port nonzero). Returns true if it is the first socket on that
     /// exact endpoint (the caller then adds the STEER entry). WSAEADDRINUSE on a collision.
     pub fn register(&self, local: SocketAddr, id: u64, reuse: bool, value: T) -> WspResult<bool> {
-        let mut maps = write(&self.maps);
-        Self::register_locked(&mut maps, local, id, reuse, value)
+        let mut maps = lock(&self.maps);
+        let first = Self::register_locked(&mut maps, local, id, reuse, value)?;
+        if first {
+            // A second socket on the endpoint changes nothing readers see (the first wins).
+            self.publish(&maps, (local.ip(), local.port()));
+        }
+        Ok(first)
     }
 
     fn register_locked(
@@ -131,7 +184,7 @@ impl<T: Clone> UdpDemux<T> {
             return Err(WsaError::WSAENOBUFS);
         }
         let family = Family::of_ip(&ip);
-        let mut maps = write(&self.maps);
+        let mut maps = lock(&self.maps);
         let cursor = match family {
             Family::V4 => maps.next_v4,
             Family::V6 => maps.next_v6,
@@ -153,13 +206,14 @@ impl<T: Clone> UdpDemux<T> {
         }
         let local = SocketAddr::new(ip, port);
         Self::register_locked(&mut maps, local, id, reuse, value)?;
+        self.publish(&maps, (ip, port));
         Ok(local)
     }
 
     /// Remove `id` from `local`. Returns true if no socket is left on that exact endpoint (the
     /// caller then removes the STEER entry). False if `id` was not registered there.
     pub fn unregister(&self, local: SocketAddr, id: u64) -> bool {
-        let mut maps = write(&self.maps);
+        let mut maps = lock(&self.maps);
         let key = (local.ip(), local.port());
         let Some(list) = maps.by_addr.get_mut(&key) else {
             return false;
@@ -168,6 +222,8 @@ impl<T: Clone> UdpDemux<T> {
             return false;
         };
         list.remove(pos);
+        // Readers see a change only when the socket datagrams go to was removed.
+        let republish = pos == 0;
         let empty = list.is_empty();
         if empty {
             maps.by_addr.remove(&key);
@@ -179,12 +235,15 @@ impl<T: Clone> UdpDemux<T> {
                 maps.ports.remove(&pkey);
             }
         }
+        if republish {
+            self.publish(&maps, key);
+        }
         empty
     }
 
     /// Number of distinct bound endpoints.
     pub fn endpoints(&self) -> usize {
-        read(&self.maps).by_addr.len()
+        lock(&self.maps).by_addr.len()
     }
 }
 
@@ -264,5 +323,137 @@ mod tests {
             d.register_ephemeral(ip, &(0..=0), 6, false, 6),
             Err(WsaError::WSAENOBUFS)
         );
+    }
+
+    #[test]
+    fn many_endpoints_across_buckets() {
+        // More endpoints than buckets, several per bucket, and removal from a shared bucket
+        // leaves the others.
+        let d = UdpDemux::new();
+        for port in 1000..2000u16 {
+            assert!(
+                d.register(
+                    SocketAddr::new([198, 18, 0, 1].into(), port),
+                    u64::from(port),
+                    false,
+                    port
+                )
+                .unwrap()
+            );
+        }
+        for port in (1000..2000u16).step_by(2) {
+            assert!(d.unregister(
+                SocketAddr::new([198, 18, 0, 1].into(), port),
+                u64::from(port)
+            ));
+        }
+        for port in 1000..2000u16 {
+            let hit = d.lookup(SocketAddr::new([198, 18, 0, 1].into(), port));
+            assert_eq!(hit, (port % 2 == 1).then_some(port), "port {port}");
+        }
+        assert_eq!(d.endpoints(), 500);
+    }
+
+    /// Lookups on other threads while binds and closes run: an endpoint that stays bound is
+    /// never missed, a specific address bound and unbound over a stable wildcard always finds
+    /// one of the two, and a shared (SO_REUSEADDR) endpoint keeps its first socket.
+    #[test]
+    fn concurrent_lookups_never_miss_a_stable_endpoint() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+        const STABLE: u16 = 300;
+        let d = Arc::new(UdpDemux::new());
+        // Stable: wildcard on 5000..5000+STABLE (v4) and specific v6 addresses on the same
+        // ports; each value names its endpoint.
+        for i in 0..STABLE {
+            let port = 5000 + i;
+            d.register(
+                SocketAddr::new([0, 0, 0, 0].into(), port),
+                u64::from(port),
+                true,
+                u32::from(port),
+            )
+            .unwrap();
+            d.register(
+                a(&format!("[2001:2::1]:{port}")),
+                100_000 + u64::from(port),
+                false,
+                100_000 + u32::from(port),
+            )
+            .unwrap();
+        }
+        let stop = Arc::new(AtomicBool::new(false));
+        let lookups = Arc::new(AtomicU64::new(0));
+        let readers: Vec<_> = (0..2)
+            .map(|r| {
+                let (d, stop, lookups) = (d.clone(), stop.clone(), lookups.clone());
+                std::thread::spawn(move || {
+                    let mut n = 0u64;
+                    let mut i = r;
+                    while !stop.load(Ordering::Relaxed) || n < 10_000 {
+                        let port = 5000 + (i % STABLE);
+                        i = i.wrapping_add(7);
+                        // Any other v4 address: the wildcard, always.
+                        assert_eq!(
+                            d.lookup(SocketAddr::new([198, 18, 0, 9].into(), port)),
+                            Some(u32::from(port))
+                        );
+                        // The churned specific address: itself or the wildcard, never nothing.
+                        let hit = d.lookup(SocketAddr::new([198, 18, 0, 1].into(), port));
+                        assert!(
+                            hit == Some(u32::from(port)) || hit == Some(200_000 + u32::from(port)),
+                            "port {port}: {hit:?}"
+                        );
+                        assert_eq!(
+                            d.lookup(a(&format!("[2001:2::1]:{port}"))),
+                            Some(100_000 + u32::from(port))
+                        );
+                        n += 1;
+                    }
+                    lookups.fetch_add(n, Ordering::Relaxed);
+                })
+            })
+            .collect();
+        let writers: Vec<_> = (0..2u16)
+            .map(|w| {
+                let d = d.clone();
+                std::thread::spawn(move || {
+                    for round in 0..20u16 {
+                        for i in (w..STABLE).step_by(2) {
+                            let port = 5000 + i;
+                            let specific = SocketAddr::new([198, 18, 0, 1].into(), port);
+                            let id = 200_000 + u64::from(port);
+                            assert!(
+                                d.register(specific, id, false, 200_000 + u32::from(port))
+                                    .unwrap()
+                            );
+                            // A second socket sharing the stable wildcard, then gone again.
+                            let wild = SocketAddr::new([0, 0, 0, 0].into(), port);
+                            assert!(
+                                !d.register(wild, 300_000 + u64::from(port), true, 0)
+                                    .unwrap()
+                            );
+                            // Unrelated ports in the same buckets, ephemeral ones included.
+                            let other =
+                                SocketAddr::new([198, 18, 0, 1].into(), 20_000 + i + 256 * round);
+                            d.register(other, 400_000, false, 0).unwrap();
+                            assert!(!d.unregister(wild, 300_000 + u64::from(port)));
+                            assert!(d.unregister(specific, id));
+                            assert!(d.unregister(other, 400_000));
+                        }
+                    }
+                })
+            })
+            .collect();
+        for w in writers {
+            w.join().unwrap();
+        }
+        stop.store(true, Ordering::Relaxed);
+        for r in readers {
+            r.join().unwrap();
+        }
+        assert!(lookups.load(Ordering::Relaxed) >= 20_000);
+        assert_eq!(d.endpoints(), 2 * usize::from(STABLE));
     }
 }
