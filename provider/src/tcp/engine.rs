@@ -436,20 +436,8 @@ impl TcpEngine {
     /// `None`. Control segments (RSTs) go first, then connections round-robin.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut [u8]) -> Option<Transmit> {
         while let Some(c) = self.ctl.pop_front() {
-            if let Some(len) = write_segment(
-                buf,
-                c.local,
-                c.remote,
-                &c.seg,
-                (&[], &[]),
-                SegmentChecksum::Complete,
-            ) {
-                return Some(Transmit {
-                    local: c.local,
-                    remote: c.remote,
-                    len,
-                    checksum: SegmentChecksum::Complete,
-                });
+            if let Some(t) = write_ctl(buf, &c) {
+                return Some(t);
             }
         }
         while let Some(&id) = self.dirty.front() {
@@ -495,21 +483,9 @@ impl TcpEngine {
                 }
             }
             if let Some(c) = self.ctl.pop_front()
-                && let Some(len) = write_segment(
-                    buf,
-                    c.local,
-                    c.remote,
-                    &c.seg,
-                    (&[], &[]),
-                    SegmentChecksum::Complete,
-                )
+                && let Some(t) = write_ctl(buf, &c)
             {
-                return Some(Transmit {
-                    local: c.local,
-                    remote: c.remote,
-                    len,
-                    checksum: SegmentChecksum::Complete,
-                });
+                return Some(t);
             }
         }
         None
@@ -791,6 +767,24 @@ fn listener_mut(ls: &mut [ListenerSlot], id: ListenerId) -> Option<&mut Listener
     ls.get_mut(id.index as usize)
         .filter(|s| s.generation == id.generation)
         .and_then(|s| s.listener.as_mut())
+}
+
+/// A control segment for no connection (a RST to a stray): always a complete checksum.
+fn write_ctl(buf: &mut [u8], c: &Ctl) -> Option<Transmit> {
+    let len = write_segment(
+        buf,
+        c.local,
+        c.remote,
+        &c.seg,
+        (&[], &[]),
+        SegmentChecksum::Complete,
+    )?;
+    Some(Transmit {
+        local: c.local,
+        remote: c.remote,
+        len,
+        checksum: SegmentChecksum::Complete,
+    })
 }
 
 #[cfg(test)]
