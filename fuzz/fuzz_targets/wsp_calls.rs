@@ -133,6 +133,7 @@ fn fixture() -> &'static Fixture {
             // rotating, connect choosing a port for a shard).
             tcp_shards: 2,
             rss: None,
+            rx_queues: 1,
         };
         let (p, dp) = LoopbackDatapath::provider(cfg);
         dp.record_sent(false);

@@ -217,7 +217,7 @@ impl Datapath for LoopbackDatapath {
         }
         let provider = self.provider.get().and_then(Weak::upgrade);
         let delivered = match provider {
-            Some(p) if self.addrs.contains(&dst.ip()) => p.deliver_udp(dst, src, payload),
+            Some(p) if self.addrs.contains(&dst.ip()) => p.deliver_udp(0, dst, src, payload),
             _ => false,
         };
         if !delivered {

@@ -116,6 +116,10 @@ pub struct ProviderConfig {
     /// connecting shard. None: the provider's own Toeplitz function over the shards.
     #[serde(skip)]
     pub rss: Option<crate::net::rss::RssConfig>,
+    /// RX queues datagrams may arrive on: one set of UDP receive counters each (written only by
+    /// the thread serving that queue; `stats` sums them). The engine sets it to the device's
+    /// queue slots. Default 1; a higher queue index is counted in the last set.
+    pub rx_queues: usize,
 }
 
 impl Default for ProviderConfig {
@@ -128,12 +132,25 @@ impl Default for ProviderConfig {
             tcp: crate::tcp::TcpConfig::default(),
             tcp_shards: 1,
             rss: None,
+            rx_queues: 1,
         }
     }
 }
 
-/// Counters, as `provider stats` prints them.
+/// One RX queue's UDP receive counters (`ProviderStats::udp_queues`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct UdpQueueStats {
+    pub queue: u32,
+    /// Datagrams that arrived on this queue and were queued on a socket.
+    pub delivered: u64,
+    /// Dropped because the socket's SO_RCVBUF was full.
+    pub dropped_queue_full: u64,
+    /// No (open) socket was bound to the destination.
+    pub no_socket: u64,
+}
+
+/// Counters, as `provider stats` prints them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
 pub struct ProviderStats {
     /// Underlying sockets not yet released (duplicates count once).
     pub sockets_open: u64,
@@ -143,7 +160,7 @@ pub struct ProviderStats {
     pub udp_endpoints: u64,
     /// Datagrams handed to the datapath.
     pub udp_sent: u64,
-    /// Datagrams queued on a socket by `deliver_udp`.
+    /// Datagrams queued on a socket by `deliver_udp` (sum of `udp_queues`).
     pub udp_delivered: u64,
     /// Datagrams dropped because the socket's SO_RCVBUF was full.
     pub udp_dropped_queue_full: u64,
@@ -168,6 +185,19 @@ pub struct ProviderStats {
     /// How long calls and queue passes waited for the TCP engine's lock: its tail is the
     /// convoy a single engine for every queue and socket call produces.
     pub tcp_lock_wait: crate::histogram::LatencySummary,
+    /// UDP receive counters per RX queue (`ProviderConfig::rx_queues` of them): which queues
+    /// carried the datagrams, and where they were dropped.
+    pub udp_queues: Vec<UdpQueueStats>,
+}
+
+/// Per-datagram counters of one RX queue, on a cache line of their own: the receive path
+/// writes no cache line another queue writes.
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct UdpQueueCounters {
+    delivered: AtomicU64,
+    dropped_queue_full: AtomicU64,
+    no_socket: AtomicU64,
 }
 
 #[derive(Debug, Default)]
@@ -178,9 +208,6 @@ struct Counters {
     close_linger_timeout_reset: AtomicU64,
     close_unread_data_reset: AtomicU64,
     udp_sent: AtomicU64,
-    udp_delivered: AtomicU64,
-    udp_dropped_queue_full: AtomicU64,
-    udp_no_socket: AtomicU64,
 }
 
 fn bump(c: &AtomicU64) {
@@ -216,6 +243,8 @@ pub struct Provider {
     /// the receive path. Lock order: socket state → `bind_lock` → demux.
     bind_lock: Mutex<()>,
     counters: Counters,
+    /// UDP receive counters, one set per RX queue.
+    udp_rx: Box<[UdpQueueCounters]>,
     /// Bound TCP endpoints (for WSAEADDRINUSE and ephemeral ports), keyed by socket id.
     tcp_ports: UdpDemux<u64>,
     /// The TCP engine and its socket maps.
@@ -255,6 +284,9 @@ impl Provider {
         if datapath.tx_checksum_offload() {
             tcp_config.tx_checksum = crate::tcp::SegmentChecksum::PseudoHeader;
         }
+        let udp_rx = (0..config.rx_queues.max(1))
+            .map(|_| UdpQueueCounters::default())
+            .collect();
         Provider {
             tcp_ports: UdpDemux::new(),
             tcp: stream::TcpShards::new(tcp_config, config.tcp_shards, config.rss.clone()),
@@ -264,6 +296,7 @@ impl Provider {
             udp: UdpDemux::new(),
             bind_lock: Mutex::new(()),
             counters: Counters::default(),
+            udp_rx,
             asyncs: Default::default(),
             routines: Default::default(),
         }
@@ -605,17 +638,28 @@ impl Provider {
         self.table.duplicate(s)
     }
 
-    /// Inbound hook for the engine: queue `payload` from `remote` on the socket bound to `local`
-    /// (exact address, then wildcard). False if no open socket is bound there (the caller may
-    /// count or pass it on); a full receive queue drops the datagram, counts it and returns true.
-    pub fn deliver_udp(&self, local: SocketAddr, remote: SocketAddr, payload: &[u8]) -> bool {
+    /// Inbound hook for the engine: queue `payload` from `remote`, which arrived on RX queue
+    /// `queue`, on the socket bound to `local` (exact address, then wildcard). False if no
+    /// open socket is bound there (the caller may count or pass it on); a full receive queue
+    /// drops the datagram, counts it and returns true.
+    ///
+    /// Nothing global is taken: the demux lookup is lock-free, the counters are the queue's
+    /// own; the one lock is the socket's.
+    pub fn deliver_udp(
+        &self,
+        queue: usize,
+        local: SocketAddr,
+        remote: SocketAddr,
+        payload: &[u8],
+    ) -> bool {
+        let c = &self.udp_rx[queue.min(self.udp_rx.len() - 1)];
         let Some(e) = self.udp.lookup(local) else {
-            bump(&self.counters.udp_no_socket);
+            bump(&c.no_socket);
             return false;
         };
         let mut st = lock(&e.state);
         if st.closed {
-            bump(&self.counters.udp_no_socket);
+            bump(&c.no_socket);
             return false;
         }
         let limit = st.options.rcvbuf;
@@ -623,7 +667,7 @@ impl Provider {
             return false;
         };
         if udp.queue.push(remote, payload, limit) {
-            bump(&self.counters.udp_delivered);
+            bump(&c.delivered);
             let done = self.async_udp_delivered(e.id, udp);
             if st.waiters > 0 {
                 e.readable.notify_one();
@@ -633,7 +677,7 @@ impl Provider {
             // Async receivers (`aio::UdpSocket`) wait on the signal.
             e.signal.notify();
         } else {
-            bump(&self.counters.udp_dropped_queue_full);
+            bump(&c.dropped_queue_full);
         }
         true
     }
@@ -643,14 +687,26 @@ impl Provider {
         let c = &self.counters;
         let get = |a: &AtomicU64| a.load(Ordering::Relaxed);
         let tcp = self.tcp_counts();
+        let udp_queues: Vec<UdpQueueStats> = self
+            .udp_rx
+            .iter()
+            .enumerate()
+            .map(|(q, c)| UdpQueueStats {
+                queue: q as u32,
+                delivered: get(&c.delivered),
+                dropped_queue_full: get(&c.dropped_queue_full),
+                no_socket: get(&c.no_socket),
+            })
+            .collect();
+        let sum = |f: fn(&UdpQueueStats) -> u64| udp_queues.iter().map(f).sum();
         ProviderStats {
             sockets_open: get(&c.sockets_open),
             handles_open: self.table.len() as u64,
             udp_endpoints: self.udp.endpoints() as u64,
             udp_sent: get(&c.udp_sent),
-            udp_delivered: get(&c.udp_delivered),
-            udp_dropped_queue_full: get(&c.udp_dropped_queue_full),
-            udp_no_socket: get(&c.udp_no_socket),
+            udp_delivered: sum(|q| q.delivered),
+            udp_dropped_queue_full: sum(|q| q.dropped_queue_full),
+            udp_no_socket: sum(|q| q.no_socket),
             tcp_connections: tcp.0 as u64,
             tcp_established: self.tcp_established() as u64,
             tcp_orphans: tcp.1 as u64,
@@ -660,6 +716,7 @@ impl Provider {
             close_orphan_timeout_reset: self.orphan_timeouts(),
             close_unread_data_reset: get(&c.close_unread_data_reset),
             tcp_lock_wait: self.tcp_lock_wait(),
+            udp_queues,
         }
     }
 }

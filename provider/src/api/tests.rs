@@ -460,7 +460,7 @@ fn blocking_recv_woken_by_delivery_from_other_threads() {
     for i in 0..3u8 {
         let p = p.clone();
         thread::spawn(move || {
-            assert!(p.deliver_udp(a("[2001:db8::1]:9300"), a("[2001:db8::9]:1"), &[i]));
+            assert!(p.deliver_udp(0, a("[2001:db8::1]:9300"), a("[2001:db8::9]:1"), &[i]));
         })
         .join()
         .unwrap();
@@ -502,7 +502,7 @@ fn close_from_another_thread_interrupts_blocking_recv() {
         vec![SteerOp::Add(key), SteerOp::Remove(key)]
     );
     // Datagrams for the closed endpoint find no socket.
-    assert!(!p.deliver_udp(a("198.18.0.1:9400"), a("198.18.0.2:1"), b"x"));
+    assert!(!p.deliver_udp(0, a("198.18.0.1:9400"), a("198.18.0.2:1"), b"x"));
     assert_eq!(p.stats().udp_no_socket, 1);
 }
 
@@ -519,13 +519,13 @@ fn rcvbuf_overflow_drops_and_counts() {
         .unwrap();
     assert_eq!(out, int(room));
     for _ in 0..5 {
-        assert!(p.deliver_udp(a("198.18.0.1:9500"), a("198.18.0.2:1"), &[1; 100]));
+        assert!(p.deliver_udp(0, a("198.18.0.1:9500"), a("198.18.0.2:1"), &[1; 100]));
     }
     let st = p.stats();
     assert_eq!((st.udp_delivered, st.udp_dropped_queue_full), (3, 2));
     let mut buf = [0u8; 128];
     p.wsp_recv_from(s, &mut buf).unwrap();
-    assert!(p.deliver_udp(a("198.18.0.1:9500"), a("198.18.0.2:1"), &[1; 100]));
+    assert!(p.deliver_udp(0, a("198.18.0.1:9500"), a("198.18.0.2:1"), &[1; 100]));
     assert_eq!(p.stats().udp_delivered, 4);
     // The default is 1 MiB.
     let d = udp(&p, AF_INET);
@@ -533,8 +533,34 @@ fn rcvbuf_overflow_drops_and_counts() {
         .unwrap();
     assert_eq!(out, int(1 << 20));
     // No socket at all: false, counted.
-    assert!(!p.deliver_udp(a("198.18.0.1:1"), a("198.18.0.2:1"), b"x"));
+    assert!(!p.deliver_udp(0, a("198.18.0.1:1"), a("198.18.0.2:1"), b"x"));
     assert_eq!(p.stats().udp_no_socket, 1);
+}
+
+#[test]
+fn udp_receive_counters_are_kept_per_rx_queue() {
+    let (p, _dp) = LoopbackDatapath::provider(ProviderConfig {
+        rx_queues: 3,
+        ..ProviderConfig::default()
+    });
+    let s = udp(&p, AF_INET);
+    p.wsp_bind(s, a("0.0.0.0:9510")).unwrap();
+    let to = a("198.18.0.1:9510");
+    for _ in 0..4 {
+        assert!(p.deliver_udp(0, to, a("198.18.0.2:1"), b"q0"));
+    }
+    assert!(p.deliver_udp(2, to, a("198.18.0.2:1"), b"q2"));
+    // A queue index beyond the configured count is counted in the last set, never a panic.
+    assert!(p.deliver_udp(17, to, a("198.18.0.2:1"), b"q17"));
+    assert!(!p.deliver_udp(1, a("198.18.0.1:1"), a("198.18.0.2:1"), b"none"));
+    let st = p.stats();
+    let per: Vec<_> = st
+        .udp_queues
+        .iter()
+        .map(|q| (q.queue, q.delivered, q.no_socket))
+        .collect();
+    assert_eq!(per, vec![(0, 4, 0), (1, 0, 1), (2, 2, 0)]);
+    assert_eq!((st.udp_delivered, st.udp_no_socket), (6, 1));
 }
 
 #[test]
@@ -613,7 +639,7 @@ fn duplicate_shares_the_socket_until_the_last_close() {
     p.wsp_close_socket(s).unwrap();
     assert_eq!(p.wsp_get_sock_name(s), Err(WSAENOTSOCK));
     // Still receiving through the remaining handles.
-    assert!(p.deliver_udp(a("198.18.0.1:9600"), a("198.18.0.2:5"), b"hi"));
+    assert!(p.deliver_udp(0, a("198.18.0.1:9600"), a("198.18.0.2:5"), b"hi"));
     assert_eq!(p.wsp_recv_from(d2, &mut [0; 4]), Ok((2, a("198.18.0.2:5"))));
     p.wsp_close_socket(d).unwrap();
     assert_eq!(p.stats().sockets_open, 1);
@@ -622,7 +648,7 @@ fn duplicate_shares_the_socket_until_the_last_close() {
     assert_eq!(p.stats().sockets_open, 0);
     assert_eq!(p.stats().handles_open, 0);
     assert_eq!(dp.steer_ops().len(), 2);
-    assert!(!p.deliver_udp(a("198.18.0.1:9600"), a("198.18.0.2:5"), b"hi"));
+    assert!(!p.deliver_udp(0, a("198.18.0.1:9600"), a("198.18.0.2:5"), b"hi"));
     // The port is free again.
     let n = udp(&p, AF_INET);
     p.wsp_bind(n, a("198.18.0.1:9600")).unwrap();
@@ -706,6 +732,7 @@ fn concurrent_open_bind_send_close_leaks_nothing() {
         thread::spawn(move || {
             for port in (61000..=61999).cycle().take(20_000) {
                 p.deliver_udp(
+                    0,
                     SocketAddr::new("198.18.0.1".parse().unwrap(), port),
                     a("198.18.0.2:1"),
                     b"z",

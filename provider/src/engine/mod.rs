@@ -342,6 +342,8 @@ impl Engine {
         let mut provider_config = config.provider.clone();
         provider_config.tcp_shards = nqueues.max(1) as usize;
         provider_config.rss = device_rss(&iface, nqueues);
+        // UDP receive counters for every queue slot, so queues added later count on their own.
+        provider_config.rx_queues = plan.capacity as usize;
         let provider = Arc::new(Provider::new(datapath.clone(), provider_config));
         tracing::info!(
             interface = %iface,

@@ -32,6 +32,7 @@ pub(super) struct QueueStep {
     /// TCP segments are copied out of the RX frames and handed to the TCP engine after the
     /// queue's lock is released: the engine transmits (taking TX locks) as it processes them.
     tcp: TcpBatch,
+    tally: RxTally,
 }
 
 impl QueueStep {
@@ -39,6 +40,7 @@ impl QueueStep {
         Self {
             queue,
             tcp: TcpBatch::default(),
+            tally: RxTally::default(),
         }
     }
 
@@ -57,11 +59,14 @@ impl QueueStep {
             let Some(xsk) = slot.as_mut() else {
                 return Progress::Idle { until: None };
             };
-            let tcp = &mut self.tcp;
-            let n = xsk.recv_batch(cfg.rx_batch, |f| handle_frame(dp, provider, f, tcp));
+            let (tcp, tally) = (&mut self.tcp, &mut self.tally);
+            let n = xsk.recv_batch(cfg.rx_batch, |f| {
+                handle_frame(dp, provider, queue, f, tcp, tally)
+            });
             xsk.reap_completions();
             n
         };
+        self.tally.flush(dp);
         let mut busy = n > 0;
         let delivered = !self.tcp.segments.is_empty();
         if delivered {
@@ -217,16 +222,47 @@ struct TcpBatch {
     segments: Vec<(IpAddr, IpAddr, std::ops::Range<usize>)>,
 }
 
-fn handle_frame(dp: &XdpDatapath, provider: &Provider, bytes: &[u8], tcp: &mut TcpBatch) {
+/// Frame counts of one RX batch, added to the engine-wide counters once per batch: the
+/// per-frame path writes no cache line shared with other queues.
+#[derive(Default)]
+struct RxTally {
+    udp: u64,
+    no_socket: u64,
+    malformed: u64,
+    bad_checksum: u64,
+    partial_checksum: u64,
+    unhandled: u64,
+}
+
+impl RxTally {
+    fn flush(&mut self, dp: &XdpDatapath) {
+        let t = std::mem::take(self);
+        dp.counters.add_udp(t.udp);
+        dp.counters.add_no_socket(t.no_socket);
+        dp.counters.add_malformed(t.malformed);
+        dp.counters.add_bad_checksum(t.bad_checksum);
+        dp.counters.add_partial_checksum(t.partial_checksum);
+        dp.counters.add_unhandled(t.unhandled);
+    }
+}
+
+fn handle_frame(
+    dp: &XdpDatapath,
+    provider: &Provider,
+    queue: usize,
+    bytes: &[u8],
+    tcp: &mut TcpBatch,
+    tally: &mut RxTally,
+) {
     let parsed = match frame::parse_with(bytes, dp.checksums) {
         Ok(p) => {
             if p.partial_checksum {
-                dp.counters.add_partial_checksum();
+                tally.partial_checksum += 1;
             }
             p
         }
-        Err(ParseError::BadChecksum) => return dp.counters.add_bad_checksum(),
-        Err(_) => return dp.counters.add_malformed(),
+        Err(ParseError::BadChecksum) => return tally.bad_checksum += 1,
+        Err(_) => return tally.malformed += 1,
     };
     let (src, dst): (IpAddr, IpAddr) = match parsed.l3 {
         L3::V4 { src, dst } => (src.into(), dst.into()),
@@ -234,11 +270,11 @@ fn handle_frame(dp: &XdpDatapath, provider: &Provider, bytes: &[u8], tcp: &mut T
     };
     match parsed.proto {
         provider_common::PROTO_UDP => {
-            dp.counters.add_udp();
+            tally.udp += 1;
             let local = SocketAddr::new(dst, parsed.dst_port);
             let remote = SocketAddr::new(src, parsed.src_port);
-            if !provider.deliver_udp(local, remote, parsed.payload) {
-                dp.counters.add_no_socket();
+            if !provider.deliver_udp(queue, local, remote, parsed.payload) {
+                tally.no_socket += 1;
             }
         }
         provider_common::PROTO_TCP => {
@@ -247,6 +283,6 @@ fn handle_frame(dp: &XdpDatapath, provider: &Provider, bytes: &[u8], tcp: &mut T
             tcp.bytes.extend_from_slice(parsed.payload);
             tcp.segments.push((src, dst, start..tcp.bytes.len()));
         }
-        _ => dp.counters.add_unhandled(),
+        _ => tally.unhandled += 1,
     }
 }

@@ -36,23 +36,35 @@ impl EngineCounters {
     pub(super) fn add_rx(&self, n: u64) {
         self.rx_frames.fetch_add(n, Relaxed);
     }
-    pub(super) fn add_udp(&self) {
-        self.rx_udp.fetch_add(1, Relaxed);
+    pub(super) fn add_udp(&self, n: u64) {
+        if n > 0 {
+            self.rx_udp.fetch_add(n, Relaxed);
+        }
     }
-    pub(super) fn add_malformed(&self) {
-        self.rx_malformed.fetch_add(1, Relaxed);
+    pub(super) fn add_malformed(&self, n: u64) {
+        if n > 0 {
+            self.rx_malformed.fetch_add(n, Relaxed);
+        }
     }
-    pub(super) fn add_bad_checksum(&self) {
-        self.rx_bad_checksum.fetch_add(1, Relaxed);
+    pub(super) fn add_bad_checksum(&self, n: u64) {
+        if n > 0 {
+            self.rx_bad_checksum.fetch_add(n, Relaxed);
+        }
     }
-    pub(super) fn add_partial_checksum(&self) {
-        self.rx_partial_checksum.fetch_add(1, Relaxed);
+    pub(super) fn add_partial_checksum(&self, n: u64) {
+        if n > 0 {
+            self.rx_partial_checksum.fetch_add(n, Relaxed);
+        }
     }
-    pub(super) fn add_no_socket(&self) {
-        self.rx_no_socket.fetch_add(1, Relaxed);
+    pub(super) fn add_no_socket(&self, n: u64) {
+        if n > 0 {
+            self.rx_no_socket.fetch_add(n, Relaxed);
+        }
     }
-    pub(super) fn add_unhandled(&self) {
-        self.rx_unhandled_proto.fetch_add(1, Relaxed);
+    pub(super) fn add_unhandled(&self, n: u64) {
+        if n > 0 {
+            self.rx_unhandled_proto.fetch_add(n, Relaxed);
+        }
     }
     pub(super) fn add_tx(&self, n: u64) {
         self.tx_frames.fetch_add(n, Relaxed);
