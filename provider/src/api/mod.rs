@@ -72,6 +72,7 @@ pub mod events;
 mod events_tests;
 pub mod loopback;
 pub mod overlapped;
+pub mod readiness;
 #[cfg(test)]
 mod shard_tests;
 pub mod stream;
@@ -86,6 +87,7 @@ pub use events::{
 };
 pub use loopback::LoopbackDatapath;
 pub use overlapped::{Completion, CompletionQueue, CompletionRoutine, Overlapped};
+pub use readiness::Readiness;
 pub use stream::{SD_BOTH, SD_RECEIVE, SD_SEND, SOMAXCONN};
 
 /// Largest UDP payload over IPv4 (65535 − 20 − 8) and IPv6 (65535 − 8, no jumbograms).

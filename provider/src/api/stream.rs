@@ -271,7 +271,7 @@ fn interrupted(err: WsaError, waited: bool) -> WsaError {
 type Wakes = Vec<Arc<SocketEntry>>;
 
 impl Provider {
-    fn shard_lock(&self, k: usize) -> MutexGuard<'_, TcpInner> {
+    pub(super) fn shard_lock(&self, k: usize) -> MutexGuard<'_, TcpInner> {
         lock(&self.tcp.hosts[k].inner)
     }
 

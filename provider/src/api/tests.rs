@@ -767,3 +767,34 @@ fn stats_serialize() {
     let back: ProviderConfig = serde_json::from_str(&cfg).unwrap();
     assert_eq!(back, ProviderConfig::default());
 }
+
+/// Readiness for poll/select: a UDP socket is writable at once and readable once a datagram is
+/// queued; a waker registered against the generation read with the readiness is woken by the
+/// delivery, and one registered against a stale generation is refused.
+#[test]
+fn readiness_and_watch_follow_udp_delivery() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::task::{Wake, Waker};
+    struct Count(AtomicUsize);
+    impl Wake for Count {
+        fn wake(self: Arc<Self>) {
+            self.0.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    let (p, _dp) = setup();
+    let s = udp(&p, AF_INET);
+    p.wsp_bind(s, a("0.0.0.0:9520")).unwrap();
+    let (seen, r) = p.readiness(s).unwrap();
+    assert!(r.writable && !r.readable && !r.error);
+    let count = Arc::new(Count(AtomicUsize::new(0)));
+    let waker = Waker::from(count.clone());
+    assert_eq!(p.watch(s, seen, &waker), Ok(true));
+    assert!(p.deliver_udp(0, a("198.18.0.1:9520"), a("198.18.0.2:1"), b"x"));
+    assert_eq!(count.0.load(Ordering::SeqCst), 1);
+    let (seen2, r) = p.readiness(s).unwrap();
+    assert!(r.readable);
+    assert_ne!(seen, seen2);
+    assert_eq!(p.watch(s, seen, &waker), Ok(false));
+    p.wsp_close_socket(s).unwrap();
+    assert_eq!(p.readiness(s), Err(WSAENOTSOCK));
+}

@@ -529,6 +529,13 @@ impl TcpEngine {
     }
 
     /// Takes one established connection from the accept queue.
+    /// A connection is waiting in `l`'s accept queue (it may still turn out stale: `accept`
+    /// skips those).
+    pub fn accept_pending(&self, l: ListenerId) -> bool {
+        l.shard == self.shard
+            && listener(&self.listeners, l).is_some_and(|x| !x.accept_queue.is_empty())
+    }
+
     pub fn accept(&mut self, l: ListenerId) -> Option<ConnId> {
         if l.shard != self.shard {
             return None;
@@ -761,6 +768,12 @@ impl TcpEngine {
             .filter(|c| c.released && c.listener.is_none() && c.state != TcpState::TimeWait)
             .count()
     }
+}
+
+fn listener(ls: &[ListenerSlot], id: ListenerId) -> Option<&Listener> {
+    ls.get(id.index as usize)
+        .filter(|s| s.generation == id.generation)
+        .and_then(|s| s.listener.as_ref())
 }
 
 fn listener_mut(ls: &mut [ListenerSlot], id: ListenerId) -> Option<&mut Listener> {

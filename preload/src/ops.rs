@@ -1,0 +1,386 @@
+//! The socket operations on provider descriptors, in safe Rust over slices and addresses:
+//! `calls` does the pointer checking and the C signatures. Errors are Linux errno values.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use provider::api::{Provider, Readiness};
+use provider::socket::WsaError;
+use provider::socket::options as wo;
+
+use crate::errno::from_wsa;
+use crate::fdtable::{Doorbell, ProvSock};
+use crate::real;
+use crate::stack::{self, LingerNonblocking, Stack};
+
+pub type R<T> = Result<T, i32>;
+
+fn w<T>(r: Result<T, WsaError>) -> R<T> {
+    r.map_err(from_wsa)
+}
+
+fn int(v: i32) -> [u8; 4] {
+    v.to_ne_bytes()
+}
+
+/// An option of the kernel socket at `fd`, as an int (0 if it cannot be read).
+fn kernel_int_opt(fd: i32, level: i32, name: i32) -> i32 {
+    let mut v: i32 = 0;
+    let mut len = 4 as libc::socklen_t;
+    let getsockopt =
+        crate::real!(getsockopt: fn(i32, i32, i32, *mut libc::c_void, *mut libc::socklen_t) -> i32);
+    // SAFETY: a 4-byte out buffer and its length, both live locals.
+    let r = unsafe {
+        getsockopt(
+            fd,
+            level,
+            name,
+            &mut v as *mut i32 as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    if r == 0 { v } else { 0 }
+}
+
+/// What kind of kernel socket `fd` is, if the provider could take it: (stream?, family).
+pub fn kernel_socket_kind(fd: i32) -> Option<(bool, i32)> {
+    let domain = kernel_int_opt(fd, libc::SOL_SOCKET, libc::SO_DOMAIN);
+    let ty = kernel_int_opt(fd, libc::SOL_SOCKET, libc::SO_TYPE);
+    let proto = kernel_int_opt(fd, libc::SOL_SOCKET, libc::SO_PROTOCOL);
+    if domain != libc::AF_INET && domain != libc::AF_INET6 {
+        return None;
+    }
+    match ty {
+        libc::SOCK_STREAM if proto == 0 || proto == libc::IPPROTO_TCP => Some((true, domain)),
+        libc::SOCK_DGRAM if proto == 0 || proto == libc::IPPROTO_UDP => Some((false, domain)),
+        _ => None,
+    }
+}
+
+/// A doorbell pair: the eventfd to put at the application's number, and our private duplicate.
+fn new_doorbell() -> R<(i32, Arc<Doorbell>)> {
+    let ev = real::sys_eventfd();
+    if ev < 0 {
+        return Err(real::errno());
+    }
+    let bell = real::sys_dup_cloexec(ev);
+    if bell < 0 {
+        let e = real::errno();
+        real::sys_close(ev);
+        return Err(e);
+    }
+    Ok((ev, Arc::new(Doorbell { fd: bell })))
+}
+
+/// Move the kernel socket at `fd` onto the provider: a provider socket with the kernel
+/// socket's options, and an eventfd in its place at the same number.
+pub fn handover(st: &Stack, fd: i32, stream: bool, family: i32) -> R<Arc<ProvSock>> {
+    let p = &st.provider;
+    let af = if family == libc::AF_INET6 {
+        provider::api::AF_INET6
+    } else {
+        provider::api::AF_INET
+    };
+    let s = if stream {
+        w(p.wsp_socket(af, provider::api::SOCK_STREAM, provider::api::IPPROTO_TCP))?
+    } else {
+        w(p.wsp_socket(af, provider::api::SOCK_DGRAM, provider::api::IPPROTO_UDP))?
+    };
+    // The options the application set on the kernel socket before bind/connect.
+    let fcntl = crate::real!(fcntl: fn(i32, i32, ...) -> i32);
+    // SAFETY: F_GETFL / F_GETFD take no argument.
+    let (fl, fdfl) = unsafe { (fcntl(fd, libc::F_GETFL), fcntl(fd, libc::F_GETFD)) };
+    let nonblocking = fl >= 0 && fl & libc::O_NONBLOCK != 0;
+    let set = |level, name, v: &[u8]| {
+        let _ = p.wsp_set_sock_opt(s, level, name, v);
+    };
+    if kernel_int_opt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR) != 0 {
+        set(wo::SOL_SOCKET, wo::SO_REUSEADDR, &int(1));
+    }
+    if kernel_int_opt(fd, libc::SOL_SOCKET, libc::SO_KEEPALIVE) != 0 {
+        set(wo::SOL_SOCKET, wo::SO_KEEPALIVE, &int(1));
+    }
+    if stream && kernel_int_opt(fd, libc::IPPROTO_TCP, libc::TCP_NODELAY) != 0 {
+        set(wo::IPPROTO_TCP, wo::TCP_NODELAY, &int(1));
+    }
+    if stream {
+        let mut l = libc::linger {
+            l_onoff: 0,
+            l_linger: 0,
+        };
+        let mut len = std::mem::size_of::<libc::linger>() as libc::socklen_t;
+        let getsockopt = crate::real!(getsockopt: fn(i32, i32, i32, *mut libc::c_void, *mut libc::socklen_t) -> i32);
+        // SAFETY: a struct linger out buffer and its length, both live locals.
+        let r = unsafe {
+            getsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_LINGER,
+                &mut l as *mut _ as *mut libc::c_void,
+                &mut len,
+            )
+        };
+        if r == 0 && l.l_onoff != 0 {
+            set(wo::SOL_SOCKET, wo::SO_LINGER, &linger_bytes(&l));
+        }
+    }
+    if nonblocking {
+        let _ = p.wsp_ioctl(s, wo::FIONBIO, &mut 1);
+    }
+    let (ev, doorbell) = match new_doorbell() {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = p.wsp_close_socket(s);
+            return Err(e);
+        }
+    };
+    let ps = Arc::new(ProvSock {
+        sock: s,
+        dgram: !stream,
+        family,
+        doorbell,
+        nonblocking: AtomicBool::new(nonblocking),
+        read_shut: AtomicBool::new(false),
+    });
+    stack::table().insert(fd, ps.clone());
+    let cloexec = if fdfl >= 0 && fdfl & libc::FD_CLOEXEC != 0 {
+        libc::O_CLOEXEC
+    } else {
+        0
+    };
+    // The kernel socket at `fd` is closed by this, atomically replaced by the eventfd.
+    if real::sys_dup3(ev, fd, cloexec) < 0 {
+        let e = real::errno();
+        stack::table().remove(fd);
+        real::sys_close(ev);
+        let _ = p.wsp_close_socket(s);
+        return Err(e);
+    }
+    real::sys_close(ev);
+    Ok(ps)
+}
+
+/// A Linux `struct linger` as the provider's Winsock LINGER (u16 fields; longer times clamp).
+pub fn linger_bytes(l: &libc::linger) -> [u8; 4] {
+    let on = u16::from(l.l_onoff != 0);
+    let secs = u16::try_from(l.l_linger.max(0)).unwrap_or(u16::MAX);
+    let mut b = [0u8; 4];
+    b[..2].copy_from_slice(&on.to_ne_bytes());
+    b[2..].copy_from_slice(&secs.to_ne_bytes());
+    b
+}
+
+fn provider_linger(p: &Provider, ps: &ProvSock) -> (bool, u16) {
+    let mut b = [0u8; 4];
+    if p.wsp_get_sock_opt(ps.sock, wo::SOL_SOCKET, wo::SO_LINGER, &mut b)
+        .is_err()
+    {
+        return (false, 0);
+    }
+    (
+        u16::from_ne_bytes([b[0], b[1]]) != 0,
+        u16::from_ne_bytes([b[2], b[3]]),
+    )
+}
+
+/// A new descriptor for an accepted provider socket `s`.
+pub fn install_accepted(
+    st: &Stack,
+    s: provider::socket::Socket,
+    family: i32,
+    flags: i32,
+) -> R<i32> {
+    let p = &st.provider;
+    let nonblocking = flags & libc::SOCK_NONBLOCK != 0;
+    // Linux: an accepted socket is blocking unless accept4 asks (it does not inherit O_NONBLOCK).
+    let _ = p.wsp_ioctl(s, wo::FIONBIO, &mut u32::from(nonblocking));
+    let (ev, doorbell) = match new_doorbell() {
+        Ok(x) => x,
+        Err(e) => {
+            let _ = p.wsp_close_socket(s);
+            return Err(e);
+        }
+    };
+    if flags & libc::SOCK_CLOEXEC == 0 {
+        // SAFETY: clearing FD_CLOEXEC on our new eventfd.
+        unsafe { libc::syscall(libc::SYS_fcntl, ev, libc::F_SETFD, 0) };
+    }
+    stack::table().insert(
+        ev,
+        Arc::new(ProvSock {
+            sock: s,
+            dgram: false,
+            family,
+            doorbell,
+            nonblocking: AtomicBool::new(nonblocking),
+            read_shut: AtomicBool::new(false),
+        }),
+    );
+    Ok(ev)
+}
+
+pub fn readiness(p: &Provider, ps: &ProvSock) -> (u64, Readiness) {
+    match p.readiness(ps.sock) {
+        Ok(x) => x,
+        // Closed under us: report it as hung up and in error, as a dead socket polls.
+        Err(_) => (
+            0,
+            Readiness {
+                readable: true,
+                writable: true,
+                peer_closed: true,
+                hung_up: true,
+                error: true,
+            },
+        ),
+    }
+}
+
+pub fn recv(st: &Stack, ps: &ProvSock, buf: &mut [u8], flags: i32) -> R<usize> {
+    let p = &st.provider;
+    if flags & libc::MSG_PEEK != 0 || flags & libc::MSG_OOB != 0 {
+        return Err(libc::EOPNOTSUPP);
+    }
+    if ps.read_shut.load(Ordering::Relaxed) {
+        return Ok(0);
+    }
+    let blocking = !ps.nonblocking.load(Ordering::Relaxed);
+    if flags & libc::MSG_DONTWAIT != 0 && blocking && !readiness(p, ps).1.readable {
+        return Err(libc::EAGAIN);
+    }
+    if ps.dgram {
+        return recv_from(st, ps, buf, flags).map(|(n, _, _)| n);
+    }
+    let waitall = flags & libc::MSG_WAITALL != 0 && blocking && flags & libc::MSG_DONTWAIT == 0;
+    let mut got = 0;
+    loop {
+        match p.wsp_recv(ps.sock, &mut buf[got..]) {
+            Ok(0) => return Ok(got),
+            Ok(n) => {
+                got += n;
+                if !waitall || got == buf.len() {
+                    return Ok(got);
+                }
+            }
+            Err(e) if got > 0 && e != WsaError::WSAEWOULDBLOCK => return Ok(got),
+            // Linux reports ENOTCONN for recv on a socket that never connected.
+            Err(e) => return Err(from_wsa(e)),
+        }
+    }
+}
+
+/// A datagram: (bytes copied, sender, full datagram length).
+pub fn recv_from(
+    st: &Stack,
+    ps: &ProvSock,
+    buf: &mut [u8],
+    flags: i32,
+) -> R<(usize, SocketAddr, usize)> {
+    let p = &st.provider;
+    if !ps.dgram {
+        let n = recv(st, ps, buf, flags)?;
+        let peer = w(p.wsp_get_peer_name(ps.sock))?;
+        return Ok((n, peer, n));
+    }
+    if flags & libc::MSG_DONTWAIT != 0
+        && !ps.nonblocking.load(Ordering::Relaxed)
+        && !readiness(p, ps).1.readable
+    {
+        return Err(libc::EAGAIN);
+    }
+    // Linux truncates silently (MSG_TRUNC in recvmsg), where Winsock says WSAEMSGSIZE.
+    let m = w(p.wsp_recv_msg(ps.sock, buf))?;
+    Ok((m.len, m.from, m.datagram_len))
+}
+
+/// SIGPIPE as Linux raises it for a send on a stream that can no longer send.
+fn pipe(flags: i32, e: i32) -> i32 {
+    if e == libc::EPIPE && flags & libc::MSG_NOSIGNAL == 0 {
+        // SAFETY: raising a signal in this thread, as the kernel's send would.
+        unsafe { libc::raise(libc::SIGPIPE) };
+    }
+    e
+}
+
+pub fn send(st: &Stack, ps: &ProvSock, buf: &[u8], flags: i32) -> R<usize> {
+    let p = &st.provider;
+    if flags & libc::MSG_OOB != 0 {
+        return Err(libc::EOPNOTSUPP);
+    }
+    if ps.dgram {
+        // Connected UDP is not offered yet: a datagram needs its destination.
+        return Err(libc::EDESTADDRREQ);
+    }
+    let blocking = !ps.nonblocking.load(Ordering::Relaxed);
+    if flags & libc::MSG_DONTWAIT != 0 && blocking && !readiness(p, ps).1.writable {
+        return Err(libc::EAGAIN);
+    }
+    let mut sent = 0;
+    loop {
+        match p.wsp_send(ps.sock, &buf[sent..]) {
+            Ok(n) => {
+                sent += n;
+                // A blocking send returns when all of it is queued (Linux).
+                if sent == buf.len() || !blocking || flags & libc::MSG_DONTWAIT != 0 {
+                    return Ok(sent);
+                }
+            }
+            Err(e) if sent > 0 => {
+                let _ = e;
+                return Ok(sent);
+            }
+            Err(WsaError::WSAECONNRESET) => return Err(libc::ECONNRESET),
+            Err(e) => return Err(pipe(flags, from_wsa(e))),
+        }
+    }
+}
+
+pub fn send_to(
+    st: &Stack,
+    ps: &ProvSock,
+    buf: &[u8],
+    to: Option<SocketAddr>,
+    flags: i32,
+) -> R<usize> {
+    match (ps.dgram, to) {
+        (true, Some(to)) => w(st.provider.wsp_send_to(ps.sock, buf, to)),
+        (true, None) => Err(libc::EDESTADDRREQ),
+        // Linux ignores the address on a connected stream socket.
+        (false, _) => send(st, ps, buf, flags),
+    }
+}
+
+/// close(2) of a provider descriptor: Ok(true) closed, Ok(false) kept (WSP linger rule).
+pub fn close(st: &Stack, ps: &ProvSock) -> R<bool> {
+    let p = &st.provider;
+    let (on, secs) = provider_linger(p, ps);
+    if on
+        && secs > 0
+        && ps.nonblocking.load(Ordering::Relaxed)
+        && st.linger_nonblocking == LingerNonblocking::Linux
+    {
+        // Linux's close blocks for the linger time even on a nonblocking socket.
+        let _ = p.wsp_ioctl(ps.sock, wo::FIONBIO, &mut 0);
+    }
+    match p.wsp_close_socket(ps.sock) {
+        Err(WsaError::WSAEWOULDBLOCK) => Err(libc::EWOULDBLOCK),
+        // Any other outcome (a linger timeout that reset, a socket already gone) closes the
+        // descriptor: Linux's close reports neither.
+        _ => Ok(true),
+    }
+}
+
+/// A Linux socket option as the provider's (level, name), or None if the provider does not
+/// keep it.
+pub fn provider_opt(level: i32, name: i32) -> Option<(i32, i32)> {
+    match (level, name) {
+        (libc::SOL_SOCKET, libc::SO_REUSEADDR) => Some((wo::SOL_SOCKET, wo::SO_REUSEADDR)),
+        (libc::SOL_SOCKET, libc::SO_KEEPALIVE) => Some((wo::SOL_SOCKET, wo::SO_KEEPALIVE)),
+        (libc::SOL_SOCKET, libc::SO_SNDBUF) => Some((wo::SOL_SOCKET, wo::SO_SNDBUF)),
+        (libc::SOL_SOCKET, libc::SO_RCVBUF) => Some((wo::SOL_SOCKET, wo::SO_RCVBUF)),
+        (libc::SOL_SOCKET, libc::SO_ERROR) => Some((wo::SOL_SOCKET, wo::SO_ERROR)),
+        (libc::IPPROTO_TCP, libc::TCP_NODELAY) => Some((wo::IPPROTO_TCP, wo::TCP_NODELAY)),
+        _ => None,
+    }
+}
