@@ -145,8 +145,8 @@ fn run_steps(opts: &TestOptions, steps: &mut Steps) -> Result<()> {
                 .any(|p| p == "provider" || p == "provider-tests");
         if needs_provider {
             steps.step(
-                "cargo build -p provider --bins --examples (for the end-to-end tests)",
-                || cmd::run(cmd::cargo().args(["build", "-p", "provider", "--bins", "--examples"])),
+                "cargo build -p provider --bins --examples -p provider-preload (for the end-to-end tests)",
+                || cmd::run(cmd::cargo().args(["build", "-p", "provider", "--bins", "--examples", "-p", "provider-preload"])),
             )?;
         }
         // Only the ignored (root/lab) tests: the rest just ran. One at a time, since they

@@ -3,6 +3,7 @@ mod bench_close;
 mod bench_tcp;
 mod cat;
 mod mmsg;
+mod run_app;
 mod scale;
 mod script;
 mod sockperf;
@@ -82,6 +83,9 @@ enum Command {
     ScaleServer(scale::ScaleServerArgs),
     /// The same on kernel sockets (`cargo xtask bench scale` compares the two).
     KernelScaleServer(scale::KernelScaleServerArgs),
+    /// Run an unmodified program with its sockets on the provider (LD_PRELOAD):
+    /// `provider run --iface IF [--ports 80,8000-8100] -- APP ARGS…`.
+    Run(run_app::RunArgs),
 }
 
 /// Datapath settings every subcommand shares.
@@ -272,6 +276,7 @@ pub fn run() {
         Command::BenchClosePeer(args) => bench_close::bench_close_peer(args),
         Command::ScaleServer(args) => scale::scale_server(args),
         Command::KernelScaleServer(args) => scale::kernel_scale_server(args),
+        Command::Run(args) => run_app::run_app(args),
     };
     if let Err(err) = result {
         eprintln!("provider: {err}");

@@ -1,0 +1,295 @@
+//! Unmodified programs on the provider through `provider run` (LD_PRELOAD, issue 11), against
+//! the kernel's TCP in the peer namespace:
+//! * a Python echo server (the interpreter's own socket module, unchanged): 4 MiB each way,
+//!   byte for byte, then SO_LINGER {1,0} close → exactly one RST on the wire, ECONNRESET;
+//! * a C program using plain BSD calls (`tests/c/bsd_linger_rst.c`, built with gcc and no
+//!   provider header): poll, read/write, SO_LINGER {1,0}, misuse errnos, one RST;
+//! * socat (`TCP-LISTEN … PIPE`): an echo through select/poll over a mixed set (its pipe and the
+//!   provider socket).
+//!
+//! Each checks the program really ran on the provider (the preload's start-up line, and the
+//! provider namespace's kernel TCP never saw the port). Needs root, gcc, python3, socat; run by
+//! `cargo xtask test`.
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use etherparse::{SlicedPacket, TransportSlice};
+use provider_tests::{Capture, in_peer, provider_bin};
+use xtask::lab::{Lab, LabConfig, PROVIDER_V4};
+
+fn target_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .to_path_buf()
+}
+
+/// A program started with `provider run` in the provider namespace, its output lines in a
+/// channel (stdout and stderr both, prefixed).
+struct App {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+}
+
+impl App {
+    fn start(lab: &Lab, program: &[&str]) -> App {
+        let mut cmd = lab.provider_cmd(provider_bin());
+        cmd.args(["run", "--iface", lab.provider_if.as_str(), "--"])
+            .args(program);
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn provider run");
+        let (tx, rx) = mpsc::channel();
+        for (name, pipe) in [
+            (
+                "out",
+                Box::new(child.stdout.take().unwrap()) as Box<dyn Read + Send>,
+            ),
+            ("err", Box::new(child.stderr.take().unwrap())),
+        ] {
+            let tx = tx.clone();
+            let tag = program[0].rsplit('/').next().unwrap_or("app").to_string();
+            thread::spawn(move || {
+                for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+                    println!("[{tag} {name}] {line}");
+                    let _ = tx.send(line);
+                }
+            });
+        }
+        App { child, lines: rx }
+    }
+
+    /// Wait for a line containing `want`; every line seen is returned.
+    fn expect(&self, want: &str) -> Vec<String> {
+        let mut seen = Vec::new();
+        loop {
+            match self.lines.recv_timeout(Duration::from_secs(30)) {
+                Ok(l) => {
+                    let hit = l.contains(want);
+                    seen.push(l);
+                    if hit {
+                        return seen;
+                    }
+                }
+                Err(_) => panic!("no line containing {want:?}; saw {seen:#?}"),
+            }
+        }
+    }
+
+    fn wait_success(mut self) {
+        let st = self.child.wait().expect("wait app");
+        assert!(st.success(), "app exited with {st}");
+    }
+}
+
+impl Drop for App {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+fn pattern(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i * 7 % 253) as u8).collect()
+}
+
+/// RST segments sent from `port` on the provider side.
+fn rsts_from(frames: &[provider_tests::Frame], port: u16) -> usize {
+    frames
+        .iter()
+        .filter_map(|f| SlicedPacket::from_ethernet(&f.data).ok())
+        .filter(|p| match &p.transport {
+            Some(TransportSlice::Tcp(t)) => t.source_port() == port && t.rst(),
+            _ => false,
+        })
+        .count()
+}
+
+/// The provider namespace's kernel TCP has no socket on `port` (the program's socket is not
+/// the kernel's).
+fn kernel_has_no_socket_on(lab: &Lab, port: u16) {
+    let out = lab
+        .exec_ok(
+            &lab.provider_ns,
+            &["ss", "-Htan", &format!("( sport = :{port} )")],
+        )
+        .expect("ss");
+    assert!(
+        out.trim().is_empty(),
+        "the kernel holds a socket on {port}: {out}"
+    );
+}
+
+/// Echo `total` bytes through the server at `port` (written while read back); the bytes back.
+fn echo_through(lab: &Lab, port: u16, total: usize) -> (TcpStream, Vec<u8>) {
+    in_peer(lab, move || {
+        let s = TcpStream::connect(SocketAddr::from((PROVIDER_V4, port))).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut w = s.try_clone().unwrap();
+        let writer = thread::spawn(move || w.write_all(&pattern(total)).expect("kernel write"));
+        let mut got = vec![0u8; total];
+        (&s).read_exact(&mut got).expect("read the echo");
+        writer.join().unwrap();
+        (s, got)
+    })
+}
+
+#[test]
+#[ignore = "needs root (namespace lab) and python3; run by `cargo xtask test`"]
+fn python_echo_server_unmodified_then_linger_zero_reset() {
+    const PORT: u16 = 7400;
+    const TOTAL: usize = 4 << 20;
+    let lab = Lab::up(&LabConfig::default()).expect("lab up");
+    let script = format!(
+        r#"
+import socket, struct
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", {PORT}))
+s.listen(8)
+print("listening", s.getsockname(), flush=True)
+c, a = s.accept()
+print("accepted", a[0], flush=True)
+n = 0
+while n < {TOTAL}:
+    b = c.recv(65536)
+    if not b:
+        break
+    c.sendall(b)
+    n += len(b)
+print("echoed", n, flush=True)
+c.recv(1)
+c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+c.close()
+s.close()
+print("closed", flush=True)
+"#
+    );
+    let app = App::start(&lab, &["python3", "-c", &script]);
+    let seen = app.expect("listening");
+    assert!(
+        seen.iter().any(|l| l.contains("provider-preload: serving")),
+        "the program did not start the provider: {seen:#?}"
+    );
+    kernel_has_no_socket_on(&lab, PORT);
+    let cap = Capture::start(&lab, &format!("tcp port {PORT}")).expect("capture");
+    let (s, got) = echo_through(&lab, PORT, TOTAL);
+    assert!(got == pattern(TOTAL), "echoed bytes differ");
+    app.expect(&format!("echoed {TOTAL}"));
+    let r = in_peer(&lab, move || {
+        (&s).write_all(b"x").unwrap();
+        let mut b = [0u8; 8];
+        (&s).read(&mut b)
+    });
+    match r {
+        Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionReset, "kernel recv: {e}"),
+        Ok(n) => panic!("kernel recv returned {n} instead of ECONNRESET"),
+    }
+    app.expect("closed");
+    let frames = cap.stop().expect("capture stop");
+    assert_eq!(
+        rsts_from(&frames, PORT),
+        1,
+        "exactly one RST from the program's socket"
+    );
+    app.wait_success();
+}
+
+fn build_c(source: &str, name: &str) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let out = target_dir().join(name);
+    let st = Command::new("gcc")
+        .args([
+            "-Wall",
+            "-Wextra",
+            "-Werror",
+            "-O2",
+            "-D_FORTIFY_SOURCE=2",
+            "-o",
+        ])
+        .arg(&out)
+        .arg(root.join("c").join(source))
+        .status()
+        .expect("run gcc");
+    assert!(st.success(), "gcc failed: {st}");
+    out
+}
+
+#[test]
+#[ignore = "needs root (namespace lab) and gcc; run by `cargo xtask test`"]
+fn c_program_with_plain_bsd_calls_linger_zero_sends_one_rst() {
+    const PORT: u16 = 7401;
+    let exe = build_c("bsd_linger_rst.c", "bsd-linger-rst");
+    let lab = Lab::up(&LabConfig::default()).expect("lab up");
+    let app = App::start(&lab, &[exe.to_str().unwrap(), &PORT.to_string()]);
+    let seen = app.expect("ready");
+    assert!(
+        seen.iter().any(|l| l.contains("provider-preload: serving")),
+        "{seen:#?}"
+    );
+    kernel_has_no_socket_on(&lab, PORT);
+    let cap = Capture::start(&lab, &format!("tcp port {PORT}")).expect("capture");
+    let r = in_peer(&lab, || {
+        let mut s = TcpStream::connect(SocketAddr::from((PROVIDER_V4, PORT))).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.write_all(b"hello").unwrap();
+        let mut b = [0u8; 5];
+        s.read_exact(&mut b).expect("echo");
+        assert_eq!(&b, b"hello");
+        s.write_all(b"close now").unwrap();
+        let mut rest = [0u8; 8];
+        s.read(&mut rest)
+    });
+    match r {
+        Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionReset, "kernel recv: {e}"),
+        Ok(n) => panic!("kernel recv returned {n} instead of ECONNRESET"),
+    }
+    app.expect("reset");
+    let frames = cap.stop().expect("capture stop");
+    assert_eq!(rsts_from(&frames, PORT), 1, "exactly one RST");
+    app.wait_success();
+}
+
+#[test]
+#[ignore = "needs root (namespace lab) and socat; run by `cargo xtask test`"]
+fn socat_echo_through_a_pipe_on_the_provider() {
+    const PORT: u16 = 7402;
+    const TOTAL: usize = 1 << 20;
+    let lab = Lab::up(&LabConfig::default()).expect("lab up");
+    let app = App::start(
+        &lab,
+        &[
+            "socat",
+            "-d",
+            "-d",
+            &format!("TCP-LISTEN:{PORT},reuseaddr"),
+            "PIPE",
+        ],
+    );
+    let seen = app.expect("listening on");
+    assert!(
+        seen.iter().any(|l| l.contains("provider-preload: serving")),
+        "{seen:#?}"
+    );
+    kernel_has_no_socket_on(&lab, PORT);
+    let (s, got) = echo_through(&lab, PORT, TOTAL);
+    assert!(got == pattern(TOTAL), "socat echoed bytes differ");
+    // Our FIN: socat sees EOF and exits cleanly; the peer reads EOF.
+    let eof = in_peer(&lab, move || {
+        s.shutdown(Shutdown::Write).unwrap();
+        let mut b = Vec::new();
+        (&s).read_to_end(&mut b).map(|_| b.len())
+    });
+    assert_eq!(eof.expect("read to EOF"), 0);
+    app.wait_success();
+}
