@@ -99,6 +99,12 @@ pub unsafe extern "C" fn bind(fd: Fd, addr: *const sockaddr, len: socklen_t) -> 
         // SAFETY: forwarding unchanged.
         return unsafe { real_bind(fd, addr, len) };
     };
+    // A dual-stack wildcard (AF_INET6 on `::` without IPV6_V6ONLY, Linux's default) also takes
+    // IPv4 as mapped addresses, which the provider does not serve: it stays the kernel's.
+    if kind.1 == libc::AF_INET6 && a.ip().is_unspecified() && !ops::v6only(fd) {
+        // SAFETY: forwarding unchanged.
+        return unsafe { real_bind(fd, addr, len) };
+    }
     match stack::get() {
         Some(st) if st.binds(a) => guarded(|| {
             let ps = ops::handover(st, fd, kind.0, kind.1)?;
@@ -119,21 +125,22 @@ pub unsafe extern "C" fn connect(fd: Fd, addr: *const sockaddr, len: socklen_t) 
         Some(x) => Some(x),
         None if stack::configured() && !stack::inside() && !forked_provider_fd(fd) => {
             // SAFETY: checked inside; a bad pointer is forwarded for the kernel to report.
-            match (
-                unsafe { sa::read(addr, len) },
-                ops::kernel_socket_kind(fd),
-                stack::get(),
-            ) {
-                (Ok(a), Some(kind), Some(st)) if st.reaches(a) && kind.0 => {
-                    match ops::handover(st, fd, kind.0, kind.1) {
-                        Ok(ps) => Some((st, ps)),
-                        Err(e) => {
-                            set_errno(e);
-                            return -1;
-                        }
-                    }
-                }
+            // The stack starts only for a TCP socket connecting where the interface reaches.
+            let want = match (unsafe { sa::read(addr, len) }, ops::kernel_socket_kind(fd)) {
+                (Ok(a), Some(kind)) if kind.0 => Some((a, kind)),
                 _ => None,
+            };
+            match want
+                .and_then(|(a, kind)| stack::get().filter(|st| st.reaches(a)).map(|st| (st, kind)))
+            {
+                Some((st, kind)) => match ops::handover(st, fd, kind.0, kind.1) {
+                    Ok(ps) => Some((st, ps)),
+                    Err(e) => {
+                        set_errno(e);
+                        return -1;
+                    }
+                },
+                None => None,
             }
         }
         None => None,
@@ -363,21 +370,21 @@ pub unsafe extern "C" fn sendto(
             && !forked_provider_fd(fd) =>
         {
             // SAFETY: checked inside.
-            match (
-                unsafe { sa::read(to, tolen) },
-                ops::kernel_socket_kind(fd),
-                stack::get(),
-            ) {
-                (Ok(a), Some((false, fam)), Some(st)) if st.reaches(a) => {
-                    match ops::handover(st, fd, false, fam) {
-                        Ok(ps) => Some((st, ps)),
-                        Err(e) => {
-                            set_errno(e);
-                            return -1;
-                        }
-                    }
-                }
+            let want = match (unsafe { sa::read(to, tolen) }, ops::kernel_socket_kind(fd)) {
+                (Ok(a), Some((false, fam))) => Some((a, fam)),
                 _ => None,
+            };
+            match want
+                .and_then(|(a, fam)| stack::get().filter(|st| st.reaches(a)).map(|st| (st, fam)))
+            {
+                Some((st, fam)) => match ops::handover(st, fd, false, fam) {
+                    Ok(ps) => Some((st, ps)),
+                    Err(e) => {
+                        set_errno(e);
+                        return -1;
+                    }
+                },
+                None => None,
             }
         }
         None => None,
@@ -605,11 +612,13 @@ fn release(fd: Fd) -> R<bool> {
 pub unsafe extern "C" fn close(fd: Fd) -> c_int {
     let real_close = crate::real!(close: fn(c_int) -> c_int);
     if stack::table().get(fd).is_none() {
+        crate::epoll::forget_instance(fd);
         // SAFETY: forwarding unchanged.
         return unsafe { real_close(fd) };
     }
     match catch_unwind(|| release(fd)) {
         Ok(Ok(true)) | Err(_) => {
+            crate::epoll::forget_fd(fd);
             stack::table().remove(fd);
             // SAFETY: closing the placeholder eventfd at the application's number.
             unsafe { real_close(fd) }
@@ -626,7 +635,11 @@ pub unsafe extern "C" fn close(fd: Fd) -> c_int {
 }
 
 fn duplicate_into(old: Fd, new: Fd) {
-    let (Some(st), Some(ps)) = (stack::get(), stack::table().get(old)) else {
+    // Only a provider descriptor has anything to duplicate (never start the stack here).
+    let Some(ps) = stack::table().get(old) else {
+        return;
+    };
+    let Some(st) = stack::get() else {
         return;
     };
     if let Ok(s) = st.provider.duplicate(ps.sock) {
@@ -1203,4 +1216,98 @@ pub unsafe extern "C" fn select(
         }
     }
     count
+}
+
+// ------------------------------------------------------------------ epoll
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn epoll_ctl(
+    epfd: Fd,
+    op: c_int,
+    fd: Fd,
+    ev: *mut libc::epoll_event,
+) -> c_int {
+    let Some((_, ps)) = lookup(fd) else {
+        // SAFETY: forwarding unchanged.
+        return unsafe {
+            crate::real!(epoll_ctl: fn(c_int, c_int, c_int, *mut libc::epoll_event) -> c_int)(
+                epfd, op, fd, ev,
+            )
+        };
+    };
+    guarded(|| {
+        let e = if ev.is_null() {
+            None
+        } else {
+            // SAFETY: non-NULL; the caller's epoll_event.
+            Some(unsafe { std::ptr::read_unaligned(ev) })
+        };
+        if e.is_none() && op != libc::EPOLL_CTL_DEL {
+            return Err(libc::EFAULT);
+        }
+        crate::epoll::ctl(epfd, op, fd, ps, e)?;
+        Ok(0)
+    }) as c_int
+}
+
+fn epoll_wait_common(
+    epfd: Fd,
+    events: *mut libc::epoll_event,
+    max: c_int,
+    timeout: c_int,
+    sigmask: *const libc::sigset_t,
+) -> Option<c_int> {
+    if !crate::epoll::any() || stack::forked_child() {
+        return None;
+    }
+    if max <= 0 {
+        set_errno(libc::EINVAL);
+        return Some(-1);
+    }
+    if events.is_null() {
+        set_errno(libc::EFAULT);
+        return Some(-1);
+    }
+    // SAFETY: the caller passed room for `max` events.
+    let out = unsafe { std::slice::from_raw_parts_mut(events, max as usize) };
+    let t = u64::try_from(timeout).ok().map(Duration::from_millis);
+    let r = crate::epoll::wait(epfd, out, t, sigmask)?;
+    Some(guarded(|| r.map(|n| n as isize)) as c_int)
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn epoll_wait(
+    epfd: Fd,
+    events: *mut libc::epoll_event,
+    max: c_int,
+    timeout: c_int,
+) -> c_int {
+    match epoll_wait_common(epfd, events, max, timeout, std::ptr::null()) {
+        Some(r) => r,
+        // SAFETY: forwarding unchanged.
+        None => unsafe {
+            crate::real!(epoll_wait: fn(c_int, *mut libc::epoll_event, c_int, c_int) -> c_int)(
+                epfd, events, max, timeout,
+            )
+        },
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn epoll_pwait(
+    epfd: Fd,
+    events: *mut libc::epoll_event,
+    max: c_int,
+    timeout: c_int,
+    sigmask: *const libc::sigset_t,
+) -> c_int {
+    match epoll_wait_common(epfd, events, max, timeout, sigmask) {
+        Some(r) => r,
+        // SAFETY: forwarding unchanged.
+        None => unsafe {
+            crate::real!(epoll_pwait: fn(c_int, *mut libc::epoll_event, c_int, c_int, *const libc::sigset_t) -> c_int)(
+                epfd, events, max, timeout, sigmask,
+            )
+        },
+    }
 }

@@ -43,6 +43,11 @@ fn kernel_int_opt(fd: i32, level: i32, name: i32) -> i32 {
     if r == 0 { v } else { 0 }
 }
 
+/// IPV6_V6ONLY on the kernel socket at `fd`.
+pub fn v6only(fd: i32) -> bool {
+    kernel_int_opt(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY) != 0
+}
+
 /// What kind of kernel socket `fd` is, if the provider could take it: (stream?, family).
 pub fn kernel_socket_kind(fd: i32) -> Option<(bool, i32)> {
     let domain = kernel_int_opt(fd, libc::SOL_SOCKET, libc::SO_DOMAIN);

@@ -84,6 +84,23 @@ impl App {
         }
     }
 
+    /// Wait for the preload's start-up line and for `ready` (stdout and stderr arrive in
+    /// either order): the program runs on the provider and is ready.
+    fn expect_started(&self, ready: &str) {
+        let (mut started, mut up) = (false, false);
+        let mut seen = Vec::new();
+        while !(started && up) {
+            match self.lines.recv_timeout(Duration::from_secs(30)) {
+                Ok(l) => {
+                    started |= l.contains("provider-preload: serving");
+                    up |= l.contains(ready);
+                    seen.push(l);
+                }
+                Err(_) => panic!("want the start-up line and {ready:?}; saw {seen:#?}"),
+            }
+        }
+    }
+
     fn wait_success(mut self) {
         let st = self.child.wait().expect("wait app");
         assert!(st.success(), "app exited with {st}");
@@ -176,11 +193,7 @@ print("closed", flush=True)
 "#
     );
     let app = App::start(&lab, &["python3", "-c", &script]);
-    let seen = app.expect("listening");
-    assert!(
-        seen.iter().any(|l| l.contains("provider-preload: serving")),
-        "the program did not start the provider: {seen:#?}"
-    );
+    app.expect_started("listening");
     kernel_has_no_socket_on(&lab, PORT);
     let cap = Capture::start(&lab, &format!("tcp port {PORT}")).expect("capture");
     let (s, got) = echo_through(&lab, PORT, TOTAL);
@@ -232,11 +245,7 @@ fn c_program_with_plain_bsd_calls_linger_zero_sends_one_rst() {
     let exe = build_c("bsd_linger_rst.c", "bsd-linger-rst");
     let lab = Lab::up(&LabConfig::default()).expect("lab up");
     let app = App::start(&lab, &[exe.to_str().unwrap(), &PORT.to_string()]);
-    let seen = app.expect("ready");
-    assert!(
-        seen.iter().any(|l| l.contains("provider-preload: serving")),
-        "{seen:#?}"
-    );
+    app.expect_started("ready");
     kernel_has_no_socket_on(&lab, PORT);
     let cap = Capture::start(&lab, &format!("tcp port {PORT}")).expect("capture");
     let r = in_peer(&lab, || {
@@ -276,11 +285,7 @@ fn socat_echo_through_a_pipe_on_the_provider() {
             "PIPE",
         ],
     );
-    let seen = app.expect("listening on");
-    assert!(
-        seen.iter().any(|l| l.contains("provider-preload: serving")),
-        "{seen:#?}"
-    );
+    app.expect_started("listening on");
     kernel_has_no_socket_on(&lab, PORT);
     let (s, got) = echo_through(&lab, PORT, TOTAL);
     assert!(got == pattern(TOTAL), "socat echoed bytes differ");
@@ -292,4 +297,127 @@ fn socat_echo_through_a_pipe_on_the_provider() {
     });
     assert_eq!(eof.expect("read to EOF"), 0);
     app.wait_success();
+}
+
+/// Run `cmd` in the peer namespace to completion; its stdout (panics on failure).
+fn peer_run(lab: &Lab, cmd: &[&str]) -> String {
+    let out = lab
+        .peer_cmd(cmd[0])
+        .args(&cmd[1..])
+        .output()
+        .expect("spawn peer command");
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    println!("[peer {}] {text}", cmd[0]);
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}): {text}",
+        out.status
+    );
+    text
+}
+
+#[test]
+#[ignore = "needs root (namespace lab) and sockperf; run by `cargo xtask test`"]
+fn real_sockperf_server_measured_by_the_sockperf_client() {
+    const PORT: u16 = 7403;
+    let lab = Lab::up(&LabConfig::default()).expect("lab up");
+    let port = PORT.to_string();
+    // sockperf's default multiplexer is epoll: this runs through the interposed epoll calls.
+    let app = App::start(
+        &lab,
+        &["sockperf", "server", "--tcp", "-i", "0.0.0.0", "-p", &port],
+    );
+    app.expect_started("PORT =");
+    kernel_has_no_socket_on(&lab, PORT);
+    let pp = peer_run(
+        &lab,
+        &[
+            "sockperf",
+            "ping-pong",
+            "--tcp",
+            "-i",
+            "198.18.0.1",
+            "-p",
+            &port,
+            "-t",
+            "2",
+            "-m",
+            "64",
+        ],
+    );
+    assert!(
+        pp.contains("Summary: Latency is"),
+        "no latency summary: {pp}"
+    );
+    assert!(!pp.contains("ERROR"), "sockperf reported errors: {pp}");
+    let tp = peer_run(
+        &lab,
+        &[
+            "sockperf",
+            "throughput",
+            "--tcp",
+            "-i",
+            "198.18.0.1",
+            "-p",
+            &port,
+            "-t",
+            "2",
+            "-m",
+            "1400",
+        ],
+    );
+    assert!(
+        tp.contains("Summary: Message Rate is"),
+        "no rate summary: {tp}"
+    );
+}
+
+#[test]
+#[ignore = "needs root (namespace lab) and iperf3; run by `cargo xtask test`"]
+fn iperf3_server_one_gib_each_way() {
+    const PORT: u16 = 7404;
+    let lab = Lab::up(&LabConfig::default()).expect("lab up");
+    let port = PORT.to_string();
+    // `-B`: an IPv4 listener (iperf3's default `::` wildcard is dual-stack, which stays the
+    // kernel's — see the README).
+    let app = App::start(
+        &lab,
+        &[
+            "iperf3",
+            "-s",
+            "-B",
+            "198.18.0.1",
+            "-p",
+            &port,
+            "--forceflush",
+        ],
+    );
+    app.expect_started("Server listening");
+    kernel_has_no_socket_on(&lab, PORT);
+    for reverse in [false, true] {
+        let mut cmd = vec!["iperf3", "-c", "198.18.0.1", "-p", &port, "-n", "1G", "-J"];
+        if reverse {
+            cmd.push("-R");
+        }
+        let out = peer_run(&lab, &cmd);
+        let v: serde_json::Value =
+            serde_json::from_str(&out[out.find('{').expect("json")..]).expect("iperf3 -J output");
+        assert!(v.get("error").is_none(), "iperf3 error: {}", v["error"]);
+        let sent = v["end"]["sum_sent"]["bytes"]
+            .as_u64()
+            .expect("sum_sent.bytes");
+        let received = v["end"]["sum_received"]["bytes"]
+            .as_u64()
+            .expect("sum_received.bytes");
+        // The receiver's summary stops at the test's end marker, a little short of the total.
+        assert!(
+            sent >= 1 << 30,
+            "reverse={reverse}: sent {sent} bytes, want 1 GiB"
+        );
+        assert!(
+            received >= (1u64 << 30) * 99 / 100,
+            "reverse={reverse}: received {received} of {sent}"
+        );
+    }
 }
