@@ -25,7 +25,7 @@ struct Cli {
 enum Cmd {
     /// Idempotent bootstrap: nightly check, rust-src, bpf-linker 0.10.4, apt packages, bpffs.
     Setup,
-    /// Setup, then `cargo build --release -p provider`.
+    /// Setup, then `cargo build --release -p provider -p provider-preload`.
     Build,
     /// The namespace lab (two netns joined by a veth pair).
     Lab {
@@ -40,6 +40,9 @@ enum Cmd {
     /// Run `target/release/provider <args…>` on a real NIC (after setup and a release build),
     /// e.g. `cargo xtask run -- echo --iface eth1 --udp 7`.
     Run(Rest),
+    /// Run an unmodified program on the provider: `cargo xtask run-app -- --iface IF -- APP
+    /// ARGS…` (= `provider run …`, after setup and a release build).
+    RunApp(Rest),
     /// Benchmark the provider against the kernel (xdp, udp-rx, tcp, close); results in
     /// bench-results/.
     Bench {
@@ -262,7 +265,14 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode> {
         }
         Cmd::Build => {
             setup::run()?;
-            cmd::run(cmd::cargo().args(["build", "--release", "-p", "provider"]))?;
+            cmd::run(cmd::cargo().args([
+                "build",
+                "--release",
+                "-p",
+                "provider",
+                "-p",
+                "provider-preload",
+            ]))?;
         }
         Cmd::Lab { cmd } => lab_cmd(cmd)?,
         Cmd::Test(a) => xtask::test::run(&TestOptions {
@@ -272,6 +282,15 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode> {
         })?,
         Cmd::Demo => xtask::demo::run()?,
         Cmd::Run(r) => xtask::run::run(&r.args)?,
+        Cmd::RunApp(r) => {
+            let args = match r.args.first() {
+                Some(a) if a == "--" => &r.args[1..],
+                _ => &r.args[..],
+            };
+            let mut all = vec!["run".to_string()];
+            all.extend_from_slice(args);
+            xtask::run::run(&all)?
+        }
         Cmd::Bench { which } => match which {
             BenchCmd::Xdp { repeat, rounds } => xtask::bench::xdp(repeat, rounds)?,
             BenchCmd::UdpRx { seconds, size } => xtask::bench::udp_rx(seconds, size)?,
