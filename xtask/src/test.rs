@@ -146,7 +146,11 @@ fn run_steps(opts: &TestOptions, steps: &mut Steps) -> Result<()> {
         if needs_provider {
             steps.step(
                 "cargo build -p provider --bins --examples -p provider-preload (for the end-to-end tests)",
-                || cmd::run(cmd::cargo().args(["build", "-p", "provider", "--bins", "--examples", "-p", "provider-preload"])),
+                || {
+                    cmd::run(cmd::cargo().args(["build", "-p", "provider", "--bins", "--examples"]))?;
+                    // A separate build: `--bins` would skip the library-only crate.
+                    cmd::run(cmd::cargo().args(["build", "-p", "provider-preload"]))
+                },
             )?;
         }
         // Only the ignored (root/lab) tests: the rest just ran. One at a time, since they
