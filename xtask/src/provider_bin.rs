@@ -33,16 +33,10 @@ pub fn build_release() -> Result<PathBuf> {
         return Ok(p);
     }
     eprintln!("==> cargo build --release -p provider --bins");
-    // The preload library too: `provider run` finds it next to the binary.
-    cmd::run(cmd::cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "provider",
-        "--bins",
-        "-p",
-        "provider-preload",
-    ]))?;
+    cmd::run(cmd::cargo().args(["build", "--release", "-p", "provider", "--bins"]))?;
+    // The preload library too (`provider run` finds it next to the binary); a build of its own,
+    // since `--bins` would skip a library-only crate.
+    cmd::run(cmd::cargo().args(["build", "--release", "-p", "provider-preload"]))?;
     let p = target_dir().join("release/provider");
     if !p.is_file() {
         bail!(
