@@ -3,7 +3,8 @@
 //! * a Python echo server (the interpreter's own socket module, unchanged): 4 MiB each way,
 //!   byte for byte, then SO_LINGER {1,0} close → exactly one RST on the wire, ECONNRESET;
 //! * a C program using plain BSD calls (`tests/c/bsd_linger_rst.c`, built with gcc and no
-//!   provider header): poll, read/write, SO_LINGER {1,0}, misuse errnos, one RST;
+//!   provider header): poll, read/write, fcntl, SO_LINGER {1,0}, misuse errnos, one RST — and
+//!   the same program first on the kernel's sockets, so the errnos it checks are Linux's;
 //! * socat (`TCP-LISTEN … PIPE`): an echo through select/poll over a mixed set (its pipe and the
 //!   provider socket).
 //!
@@ -244,12 +245,42 @@ fn c_program_with_plain_bsd_calls_linger_zero_sends_one_rst() {
     const PORT: u16 = 7401;
     let exe = build_c("bsd_linger_rst.c", "bsd-linger-rst");
     let lab = Lab::up(&LabConfig::default()).expect("lab up");
+    // The reference: the same program on the kernel's sockets, with no preload, must pass its
+    // own misuse checks too, so the errnos it expects are Linux's.
+    let mut reference = lab
+        .provider_cmd(&exe)
+        .arg((PORT + 10).to_string())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn the reference run");
+    let mut first = String::new();
+    BufReader::new(reference.stdout.as_mut().unwrap())
+        .read_line(&mut first)
+        .expect("reference output");
+    assert_eq!(
+        first.trim(),
+        "ready",
+        "the program fails on the kernel: {first}"
+    );
+    exchange_and_expect_reset(&lab, PORT + 10);
+    let st = reference.wait().expect("wait reference");
+    assert!(st.success(), "the program fails on the kernel: {st}");
+
     let app = App::start(&lab, &[exe.to_str().unwrap(), &PORT.to_string()]);
     app.expect_started("ready");
     kernel_has_no_socket_on(&lab, PORT);
     let cap = Capture::start(&lab, &format!("tcp port {PORT}")).expect("capture");
-    let r = in_peer(&lab, || {
-        let mut s = TcpStream::connect(SocketAddr::from((PROVIDER_V4, PORT))).expect("connect");
+    exchange_and_expect_reset(&lab, PORT);
+    app.expect("reset");
+    let frames = cap.stop().expect("capture stop");
+    assert_eq!(rsts_from(&frames, PORT), 1, "exactly one RST");
+    app.wait_success();
+}
+
+/// "hello" echoed, then "close now" answered by the server's linger-0 close: ECONNRESET.
+fn exchange_and_expect_reset(lab: &Lab, port: u16) {
+    let r = in_peer(lab, move || {
+        let mut s = TcpStream::connect(SocketAddr::from((PROVIDER_V4, port))).expect("connect");
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
         s.write_all(b"hello").unwrap();
         let mut b = [0u8; 5];
@@ -263,10 +294,6 @@ fn c_program_with_plain_bsd_calls_linger_zero_sends_one_rst() {
         Err(e) => assert_eq!(e.kind(), ErrorKind::ConnectionReset, "kernel recv: {e}"),
         Ok(n) => panic!("kernel recv returned {n} instead of ECONNRESET"),
     }
-    app.expect("reset");
-    let frames = cap.stop().expect("capture stop");
-    assert_eq!(rsts_from(&frames, PORT), 1, "exactly one RST");
-    app.wait_success();
 }
 
 #[test]
