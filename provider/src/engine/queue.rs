@@ -237,12 +237,17 @@ struct RxTally {
 impl RxTally {
     fn flush(&mut self, dp: &XdpDatapath) {
         let t = std::mem::take(self);
-        dp.counters.add_udp(t.udp);
-        dp.counters.add_no_socket(t.no_socket);
-        dp.counters.add_malformed(t.malformed);
-        dp.counters.add_bad_checksum(t.bad_checksum);
-        dp.counters.add_partial_checksum(t.partial_checksum);
-        dp.counters.add_unhandled(t.unhandled);
+        let c = &dp.counters;
+        for (counter, n) in [
+            (&c.rx_udp, t.udp),
+            (&c.rx_no_socket, t.no_socket),
+            (&c.rx_malformed, t.malformed),
+            (&c.rx_bad_checksum, t.bad_checksum),
+            (&c.rx_partial_checksum, t.partial_checksum),
+            (&c.rx_unhandled_proto, t.unhandled),
+        ] {
+            super::stats::EngineCounters::add_batch(counter, n);
+        }
     }
 }
 

@@ -9,12 +9,12 @@ use crate::{api::ProviderStats, xdp::VerdictCounters, xsk::XskStatistics};
 #[derive(Debug, Default)]
 pub struct EngineCounters {
     rx_frames: AtomicU64,
-    rx_udp: AtomicU64,
-    rx_malformed: AtomicU64,
-    rx_bad_checksum: AtomicU64,
-    rx_partial_checksum: AtomicU64,
-    rx_no_socket: AtomicU64,
-    rx_unhandled_proto: AtomicU64,
+    pub(super) rx_udp: AtomicU64,
+    pub(super) rx_malformed: AtomicU64,
+    pub(super) rx_bad_checksum: AtomicU64,
+    pub(super) rx_partial_checksum: AtomicU64,
+    pub(super) rx_no_socket: AtomicU64,
+    pub(super) rx_unhandled_proto: AtomicU64,
     tx_frames: AtomicU64,
 }
 
@@ -36,34 +36,11 @@ impl EngineCounters {
     pub(super) fn add_rx(&self, n: u64) {
         self.rx_frames.fetch_add(n, Relaxed);
     }
-    pub(super) fn add_udp(&self, n: u64) {
+    /// Add a batch's count to one of the per-frame counters (nothing when it is 0: no write to
+    /// a line other queues write).
+    pub(super) fn add_batch(c: &AtomicU64, n: u64) {
         if n > 0 {
-            self.rx_udp.fetch_add(n, Relaxed);
-        }
-    }
-    pub(super) fn add_malformed(&self, n: u64) {
-        if n > 0 {
-            self.rx_malformed.fetch_add(n, Relaxed);
-        }
-    }
-    pub(super) fn add_bad_checksum(&self, n: u64) {
-        if n > 0 {
-            self.rx_bad_checksum.fetch_add(n, Relaxed);
-        }
-    }
-    pub(super) fn add_partial_checksum(&self, n: u64) {
-        if n > 0 {
-            self.rx_partial_checksum.fetch_add(n, Relaxed);
-        }
-    }
-    pub(super) fn add_no_socket(&self, n: u64) {
-        if n > 0 {
-            self.rx_no_socket.fetch_add(n, Relaxed);
-        }
-    }
-    pub(super) fn add_unhandled(&self, n: u64) {
-        if n > 0 {
-            self.rx_unhandled_proto.fetch_add(n, Relaxed);
+            c.fetch_add(n, Relaxed);
         }
     }
     pub(super) fn add_tx(&self, n: u64) {
