@@ -37,16 +37,7 @@ fn guarded(f: impl FnOnce() -> R<isize>) -> isize {
 /// The provider socket at `fd` and the stack, if `fd` is one.
 fn lookup(fd: Fd) -> Option<(&'static Stack, Arc<ProvSock>)> {
     let ps = stack::table().get(fd)?;
-    match stack::get() {
-        Some(st) => Some((st, ps)),
-        // A forked child: the parent's provider is not usable here (see `close`).
-        None => None,
-    }
-}
-
-/// In a forked child, a provider descriptor is only closable.
-fn forked_provider_fd(fd: Fd) -> bool {
-    stack::forked_child() && stack::table().get(fd).is_some()
+    Some((stack::get()?, ps))
 }
 
 fn buf_mut<'a>(p: *mut c_void, len: usize) -> R<&'a mut [u8]> {
@@ -86,7 +77,7 @@ pub unsafe extern "C" fn bind(fd: Fd, addr: *const sockaddr, len: socklen_t) -> 
             Ok(0)
         }) as c_int;
     }
-    if !stack::configured() || stack::inside() || forked_provider_fd(fd) {
+    if !stack::configured() || stack::inside() {
         // SAFETY: forwarding the caller's arguments unchanged.
         return unsafe { real_bind(fd, addr, len) };
     }
@@ -123,7 +114,7 @@ pub unsafe extern "C" fn connect(fd: Fd, addr: *const sockaddr, len: socklen_t) 
     let real_connect = crate::real!(connect: fn(c_int, *const sockaddr, socklen_t) -> c_int);
     let ps = match lookup(fd) {
         Some(x) => Some(x),
-        None if stack::configured() && !stack::inside() && !forked_provider_fd(fd) => {
+        None if stack::configured() && !stack::inside() => {
             // SAFETY: checked inside; a bad pointer is forwarded for the kernel to report.
             // The stack starts only for a TCP socket connecting where the interface reaches.
             let want = match (unsafe { sa::read(addr, len) }, ops::kernel_socket_kind(fd)) {
@@ -364,11 +355,7 @@ pub unsafe extern "C" fn sendto(
     let found = match lookup(fd) {
         Some(x) => Some(x),
         // An unbound UDP socket sending to an address the interface reaches is the provider's.
-        None if stack::configured()
-            && !stack::inside()
-            && !to.is_null()
-            && !forked_provider_fd(fd) =>
-        {
+        None if stack::configured() && !stack::inside() && !to.is_null() => {
             // SAFETY: checked inside.
             let want = match (unsafe { sa::read(to, tolen) }, ops::kernel_socket_kind(fd)) {
                 (Ok(a), Some((false, fam))) => Some((a, fam)),
@@ -598,7 +585,6 @@ fn release(fd: Fd) -> R<bool> {
     let Some(ps) = stack::table().get(fd) else {
         return Ok(true);
     };
-    // In a forked child there is no stack: the socket is the parent's; only this descriptor goes.
     if let Some(st) = stack::get()
         && !ops::close(st, &ps)?
     {
@@ -643,19 +629,7 @@ fn duplicate_into(old: Fd, new: Fd) {
         return;
     };
     if let Ok(s) = st.provider.duplicate(ps.sock) {
-        stack::table().insert(
-            new,
-            Arc::new(ProvSock {
-                sock: s,
-                dgram: ps.dgram,
-                family: ps.family,
-                doorbell: ps.doorbell.clone(),
-                nonblocking: std::sync::atomic::AtomicBool::new(
-                    ps.nonblocking.load(Ordering::Relaxed),
-                ),
-                read_shut: std::sync::atomic::AtomicBool::new(ps.read_shut.load(Ordering::Relaxed)),
-            }),
-        );
+        stack::table().insert(new, ps.inherit(s));
     }
 }
 
@@ -1093,7 +1067,7 @@ fn poll_mixed(fds: &mut [pollfd], timeout: Option<Duration>) -> R<usize> {
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn poll(fds: *mut pollfd, n: libc::nfds_t, timeout: c_int) -> c_int {
     let real_poll = crate::real!(poll: fn(*mut pollfd, libc::nfds_t, c_int) -> c_int);
-    if stack::table().is_empty() || stack::forked_child() || n == 0 || fds.is_null() {
+    if stack::table().is_empty() || n == 0 || fds.is_null() {
         // SAFETY: forwarding unchanged.
         return unsafe { real_poll(fds, n, timeout) };
     }
@@ -1135,10 +1109,7 @@ pub unsafe extern "C" fn select(
     tv: *mut libc::timeval,
 ) -> c_int {
     let real_select = crate::real!(select: fn(c_int, *mut libc::fd_set, *mut libc::fd_set, *mut libc::fd_set, *mut libc::timeval) -> c_int);
-    if stack::table().is_empty()
-        || stack::forked_child()
-        || !(0..=libc::FD_SETSIZE as c_int).contains(&nfds)
-    {
+    if stack::table().is_empty() || !(0..=libc::FD_SETSIZE as c_int).contains(&nfds) {
         // SAFETY: forwarding unchanged.
         return unsafe { real_select(nfds, r, w, e, tv) };
     }
@@ -1257,7 +1228,7 @@ fn epoll_wait_common(
     timeout: c_int,
     sigmask: *const libc::sigset_t,
 ) -> Option<c_int> {
-    if !crate::epoll::any() || stack::forked_child() {
+    if !crate::epoll::any() {
         return None;
     }
     if max <= 0 {

@@ -5,7 +5,10 @@
 //! Semantics kept from Linux: level-triggered by default; EPOLLET reports a socket again only
 //! after an event on it (its doorbell rang) since the last report; EPOLLONESHOT disables the
 //! entry after one report until EPOLL_CTL_MOD; EPOLLHUP/EPOLLERR are always reported.
-//! EPOLLEXCLUSIVE is accepted (one process: there is no thundering herd to avoid).
+//! EPOLLEXCLUSIVE is passed on to the kernel registration of the doorbell, so of several
+//! processes waiting on one shared listener's doorbell only one is woken (nginx's workers).
+//!
+//! The sets are per-process bookkeeping: their memory is private (`shm::private`).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,7 +20,7 @@ use libc::epoll_event;
 use crate::fdtable::ProvSock;
 use crate::ops::{self, R};
 use crate::real;
-use crate::stack;
+use crate::{shm, stack};
 
 /// Tag in the kernel registration's data: no user-space pointer has these top bits.
 const DOORBELL_TAG: u64 = 0xFEED_D00B_0000_0000;
@@ -44,12 +47,54 @@ static NSETS: AtomicUsize = AtomicUsize::new(0);
 
 fn set_of(epfd: i32, create: bool) -> Option<Arc<Mutex<Set>>> {
     let mut g = SETS.lock().unwrap_or_else(PoisonError::into_inner);
-    let map = g.get_or_insert_with(HashMap::new);
-    if create && !map.contains_key(&epfd) {
-        map.insert(epfd, Arc::default());
-        NSETS.store(map.len(), Ordering::Relaxed);
+    shm::private(|| {
+        let map = g.get_or_insert_with(HashMap::new);
+        if create && !map.contains_key(&epfd) {
+            map.insert(epfd, Arc::default());
+            NSETS.store(map.len(), Ordering::Relaxed);
+        }
+        map.get(&epfd).cloned()
+    })
+}
+
+/// Every set, held still for `fork`; in the child, [`ForkHold::inherit`] points the copied
+/// entries at the child's own handles.
+pub struct ForkHold {
+    sets: std::sync::MutexGuard<'static, Option<HashMap<i32, Arc<Mutex<Set>>>>>,
+}
+
+pub fn lock_for_fork() -> ForkHold {
+    ForkHold {
+        sets: SETS.lock().unwrap_or_else(PoisonError::into_inner),
     }
-    map.get(&epfd).cloned()
+}
+
+impl ForkHold {
+    pub fn inherit(&mut self, table: &HashMap<i32, Arc<ProvSock>>) {
+        let Some(map) = self.sets.as_mut() else {
+            return;
+        };
+        shm::private(|| {
+            for set in map.values() {
+                let mut s = set.lock().unwrap_or_else(PoisonError::into_inner);
+                let fds: Vec<i32> = s.entries.keys().copied().collect();
+                for fd in fds {
+                    let e = s.entries.get_mut(&fd).expect("key just listed");
+                    match table.get(&fd) {
+                        // The copied entry's handle is the parent's: no count of ours on it.
+                        Some(mine) => {
+                            std::mem::forget(std::mem::replace(&mut e.sock, mine.clone()))
+                        }
+                        None => {
+                            if let Some(gone) = s.entries.remove(&fd) {
+                                std::mem::forget(gone);
+                            }
+                        }
+                    }
+                }
+            }
+        });
+    }
 }
 
 /// Any epoll instance holds a provider socket (the fast path of epoll_wait and close).
@@ -64,7 +109,7 @@ pub fn forget_instance(epfd: i32) {
     }
     let mut g = SETS.lock().unwrap_or_else(PoisonError::into_inner);
     if let Some(map) = g.as_mut() {
-        map.remove(&epfd);
+        shm::private(|| map.remove(&epfd));
         NSETS.store(map.len(), Ordering::Relaxed);
     }
 }
@@ -82,22 +127,25 @@ pub fn forget_fd(fd: i32) {
         })
     };
     for (epfd, set) in sets {
-        if set
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .entries
-            .remove(&fd)
-            .is_some()
-        {
-            kernel_ctl(epfd, libc::EPOLL_CTL_DEL, fd, 0);
+        let removed = {
+            let mut s = set.lock().unwrap_or_else(PoisonError::into_inner);
+            shm::private(|| s.entries.remove(&fd))
+        };
+        if removed.is_some() {
+            kernel_ctl(epfd, libc::EPOLL_CTL_DEL, fd, 0, false);
         }
     }
 }
 
-fn kernel_ctl(epfd: i32, op: i32, fd: i32, data: u64) -> i32 {
+fn kernel_ctl(epfd: i32, op: i32, fd: i32, data: u64, exclusive: bool) -> i32 {
     let ctl = crate::real!(epoll_ctl: fn(i32, i32, i32, *mut epoll_event) -> i32);
     let mut ev = epoll_event {
-        events: libc::EPOLLIN as u32,
+        events: libc::EPOLLIN as u32
+            | if exclusive {
+                libc::EPOLLEXCLUSIVE as u32
+            } else {
+                0
+            },
         u64: data,
     };
     // SAFETY: a live epoll_event local.
@@ -118,19 +166,18 @@ pub fn ctl(epfd: i32, op: i32, fd: i32, ps: Arc<ProvSock>, ev: Option<epoll_even
             if s.entries.contains_key(&fd) {
                 return Err(libc::EEXIST);
             }
-            if kernel_ctl(epfd, libc::EPOLL_CTL_ADD, fd, tagged) < 0 {
+            let exclusive = ev.events & libc::EPOLLEXCLUSIVE as u32 != 0;
+            if kernel_ctl(epfd, libc::EPOLL_CTL_ADD, fd, tagged, exclusive) < 0 {
                 return Err(real::errno());
             }
-            s.entries.insert(
-                fd,
-                Entry {
-                    sock: ps,
-                    events: ev.events,
-                    data: ev.u64,
-                    reported_gen: None,
-                    disabled: false,
-                },
-            );
+            let entry = Entry {
+                sock: ps,
+                events: ev.events,
+                data: ev.u64,
+                reported_gen: None,
+                disabled: false,
+            };
+            shm::private(|| s.entries.insert(fd, entry));
         }
         libc::EPOLL_CTL_MOD => {
             let ev = ev.ok_or(libc::EFAULT)?;
@@ -141,8 +188,8 @@ pub fn ctl(epfd: i32, op: i32, fd: i32, ps: Arc<ProvSock>, ev: Option<epoll_even
             e.disabled = false;
         }
         libc::EPOLL_CTL_DEL => {
-            s.entries.remove(&fd).ok_or(libc::ENOENT)?;
-            kernel_ctl(epfd, libc::EPOLL_CTL_DEL, fd, 0);
+            shm::private(|| s.entries.remove(&fd)).ok_or(libc::ENOENT)?;
+            kernel_ctl(epfd, libc::EPOLL_CTL_DEL, fd, 0, false);
         }
         _ => return Err(libc::EINVAL),
     }

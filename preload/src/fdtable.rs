@@ -11,32 +11,62 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock, RwLockWriteGuard};
 use std::task::Wake;
 
 use provider::socket::Socket;
 
-use crate::real;
+use crate::process::{self, Mailbox};
+use crate::{real, shm};
 
 /// The doorbell's private descriptor (a duplicate of the application-visible eventfd): wakers
-/// may outlive the application's descriptor, and must never write into a reused number.
-#[derive(Debug)]
+/// may outlive the application's descriptor, and must never write into a reused number. The
+/// number is the owner process's (and its later children's): rung or dropped in any other
+/// process of the tree, the work goes to the owner's mailbox (`process`).
 pub struct Doorbell {
     pub fd: i32,
+    owner: &'static Mailbox,
+}
+
+impl std::fmt::Debug for Doorbell {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Doorbell")
+            .field("fd", &self.fd)
+            .field("owner", &self.owner.pid)
+            .finish()
+    }
+}
+
+impl Doorbell {
+    /// A doorbell on descriptor `fd` of this process.
+    pub fn new(fd: i32) -> Self {
+        Doorbell {
+            fd,
+            owner: process::mailbox(),
+        }
+    }
 }
 
 impl Drop for Doorbell {
     fn drop(&mut self) {
-        real::sys_close(self.fd);
+        if self.owner.is_mine() {
+            real::sys_close(self.fd);
+        } else {
+            self.owner.close(self.fd);
+        }
     }
 }
 
 impl Wake for Doorbell {
     fn wake(self: Arc<Self>) {
-        real::ring(self.fd);
+        self.wake_by_ref();
     }
     fn wake_by_ref(self: &Arc<Self>) {
-        real::ring(self.fd);
+        if self.owner.is_mine() {
+            real::ring(self.fd);
+        } else {
+            self.owner.ring(self);
+        }
     }
 }
 
@@ -53,6 +83,20 @@ pub struct ProvSock {
     pub read_shut: AtomicBool,
 }
 
+impl ProvSock {
+    /// The same socket under provider handle `sock` (a `dup`, or a forked child's hold).
+    pub fn inherit(&self, sock: Socket) -> Arc<ProvSock> {
+        Arc::new(ProvSock {
+            sock,
+            dgram: self.dgram,
+            family: self.family,
+            doorbell: self.doorbell.clone(),
+            nonblocking: AtomicBool::new(self.nonblocking.load(Ordering::Relaxed)),
+            read_shut: AtomicBool::new(self.read_shut.load(Ordering::Relaxed)),
+        })
+    }
+}
+
 const BITMAP_FDS: usize = 1 << 20;
 
 impl Default for FdTable {
@@ -67,11 +111,18 @@ pub struct FdTable {
 }
 
 impl FdTable {
+    /// Per-process bookkeeping: its memory is private (copied by fork), see `shm`.
     pub fn new() -> Self {
-        Self {
+        shm::private(|| Self {
             bits: (0..BITMAP_FDS / 64).map(|_| AtomicU64::new(0)).collect(),
             map: RwLock::new(HashMap::new()),
-        }
+        })
+    }
+
+    /// The map, held still for `fork` (the bitmap stays as it is: the child keeps every
+    /// number).
+    pub fn lock_for_fork(&self) -> RwLockWriteGuard<'_, HashMap<i32, Arc<ProvSock>>> {
+        self.map.write().unwrap_or_else(PoisonError::into_inner)
     }
 
     fn bit(&self, fd: i32) -> Option<(&AtomicU64, u64)> {
@@ -99,7 +150,7 @@ impl FdTable {
     /// Record `fd` as `s`, returning what it named before (a `dup2` over a provider socket).
     pub fn insert(&self, fd: i32, s: Arc<ProvSock>) -> Option<Arc<ProvSock>> {
         let mut map = self.map.write().unwrap_or_else(PoisonError::into_inner);
-        let old = map.insert(fd, s);
+        let old = shm::private(|| map.insert(fd, s));
         if let Some((w, m)) = self.bit(fd) {
             w.fetch_or(m, Ordering::Release);
         }
@@ -111,7 +162,7 @@ impl FdTable {
         if let Some((w, m)) = self.bit(fd) {
             w.fetch_and(!m, Ordering::Release);
         }
-        map.remove(&fd)
+        shm::private(|| map.remove(&fd))
     }
 
     pub fn is_empty(&self) -> bool {
@@ -135,7 +186,7 @@ mod tests {
             sock: Socket::from_raw(sock),
             dgram: false,
             family: libc::AF_INET,
-            doorbell: Arc::new(Doorbell { fd: -1 }),
+            doorbell: Arc::new(Doorbell::new(-1)),
             nonblocking: AtomicBool::new(false),
             read_shut: AtomicBool::new(false),
         })

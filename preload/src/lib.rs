@@ -15,7 +15,12 @@ mod epoll;
 mod errno;
 pub mod fdtable;
 mod ops;
+pub mod process;
 #[doc(hidden)]
 pub mod real;
+pub mod shm;
 mod sockaddr;
 pub mod stack;
+
+#[global_allocator]
+static ALLOC: shm::SplitAlloc = shm::SplitAlloc;

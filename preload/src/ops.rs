@@ -75,7 +75,7 @@ fn new_doorbell() -> R<(i32, Arc<Doorbell>)> {
         real::sys_close(ev);
         return Err(e);
     }
-    Ok((ev, Arc::new(Doorbell { fd: bell })))
+    Ok((ev, Arc::new(Doorbell::new(bell))))
 }
 
 /// Move the kernel socket at `fd` onto the provider: a provider socket with the kernel

@@ -18,8 +18,9 @@ pub fn resolve(slot: &AtomicUsize, name: &CStr) -> usize {
     if p == 0 {
         // Every symbol we interpose is in glibc; without it nothing can be forwarded.
         let msg = b"provider-preload: a libc symbol is missing (dlsym RTLD_NEXT)\n";
-        // SAFETY: writing a static buffer to stderr.
-        unsafe { libc::syscall(libc::SYS_write, 2, msg.as_ptr(), msg.len()) };
+        // SAFETY: writing a static buffer to stderr (not `syscall`: that is ours, and looks
+        // symbols up here).
+        unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
         std::process::abort();
     }
     slot.store(p, Ordering::Relaxed);

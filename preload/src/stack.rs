@@ -10,7 +10,7 @@
 
 use std::cell::Cell;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 
 use provider::api::Provider;
@@ -34,8 +34,9 @@ pub struct Stack {
 static ENGINE: Mutex<Option<Engine>> = Mutex::new(None);
 static STACK: OnceLock<Option<Stack>> = OnceLock::new();
 static TABLE: OnceLock<FdTable> = OnceLock::new();
-/// Set in a child after fork: the parent's provider (threads, rings) is not this process's.
-static FORKED_CHILD: AtomicBool = AtomicBool::new(false);
+/// The process that started the engine: its threads, and the XDP attachment, are that
+/// process's; forked children share the stack (see `shm`, `process`) but never stop it.
+static ENGINE_PID: AtomicI32 = AtomicI32::new(0);
 
 thread_local! {
     /// This thread is inside the library (starting the stack, probing a route): its own socket
@@ -59,17 +60,9 @@ pub fn as_inside<R>(f: impl FnOnce() -> R) -> R {
     r
 }
 
-pub fn forked_child() -> bool {
-    FORKED_CHILD.load(Ordering::Relaxed)
-}
-
-extern "C" fn after_fork_in_child() {
-    FORKED_CHILD.store(true, Ordering::Relaxed);
-}
-
 extern "C" fn stop_at_exit() {
-    if forked_child() {
-        // The parent owns the XDP attachment and the rings.
+    if ENGINE_PID.load(Ordering::Relaxed) != crate::process::pid() {
+        // A forked child: the engine is the starting process's, and serves the others still.
         return;
     }
     let engine = ENGINE.lock().unwrap_or_else(PoisonError::into_inner).take();
@@ -82,13 +75,18 @@ pub fn configured() -> bool {
     *ON.get_or_init(|| std::env::var_os("PROVIDER_IFACE").is_some_and(|v| !v.is_empty()))
 }
 
-/// The running stack, started on first use; `None` if not configured, failed to start (said
-/// once on stderr: the program then runs on the kernel), or in a forked child.
+/// The running stack, started on first use; `None` if not configured or failed to start (said
+/// once on stderr: the program then runs on the kernel). A forked child uses its parent's.
 pub fn get() -> Option<&'static Stack> {
-    if !configured() || forked_child() {
+    if !configured() {
         return None;
     }
     STACK.get_or_init(|| as_inside(start)).as_ref()
+}
+
+/// The stack if it was started (never starts it).
+pub fn running() -> Option<&'static Stack> {
+    STACK.get().and_then(Option::as_ref)
 }
 
 fn parse_ports(s: &str) -> Option<Vec<(u16, u16)>> {
@@ -136,11 +134,9 @@ fn start() -> Option<Stack> {
     let provider = engine.provider().clone();
     let addrs = engine.addresses().to_vec();
     *ENGINE.lock().unwrap_or_else(PoisonError::into_inner) = Some(engine);
-    // SAFETY: registering plain extern "C" functions with libc.
-    unsafe {
-        libc::pthread_atfork(None, None, Some(after_fork_in_child));
-        libc::atexit(stop_at_exit);
-    }
+    ENGINE_PID.store(crate::process::pid(), Ordering::Relaxed);
+    // SAFETY: registering a plain extern "C" function with libc.
+    unsafe { libc::atexit(stop_at_exit) };
     if !quiet {
         eprintln!(
             "provider-preload: serving {iface} ({addrs:?}) in pid {}",

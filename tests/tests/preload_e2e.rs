@@ -448,3 +448,96 @@ fn iperf3_server_one_gib_each_way() {
         );
     }
 }
+
+/// Echo `len` bytes on an open connection; the connection stays open.
+fn echo_on(s: &TcpStream, len: usize) -> Vec<u8> {
+    let mut w = s.try_clone().unwrap();
+    let writer = thread::spawn(move || w.write_all(&pattern(len)).expect("kernel write"));
+    let mut got = vec![0u8; len];
+    let mut r = s;
+    r.read_exact(&mut got).expect("read the echo");
+    writer.join().unwrap();
+    got
+}
+
+#[test]
+#[ignore = "needs root (namespace lab) and python3; run by `cargo xtask test`"]
+fn forked_workers_accept_on_the_parents_listener() {
+    // The parent binds and listens; a first child only closes its copy of the listener (as a
+    // redis persistence child does) and exits; then two workers accept on the parent's
+    // listener, as nginx's do. Each worker is kept busy by one connection held open, so the
+    // second connection must be another worker's: two pids must serve.
+    const PORT: u16 = 7460;
+    let lab = Lab::up(&LabConfig::default()).expect("lab up");
+    let script = format!(
+        r#"
+import os, socket
+s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", {PORT}))
+s.listen(16)
+p = os.fork()
+if p == 0:
+    s.close()
+    os._exit(0)
+os.waitpid(p, 0)
+kids = []
+for w in range(2):
+    p = os.fork()
+    if p == 0:
+        s.settimeout(4)
+        try:
+            while True:
+                c, a = s.accept()
+                c.settimeout(None)
+                while True:
+                    b = c.recv(65536)
+                    if not b:
+                        break
+                    c.sendall(b)
+                c.close()
+                print("worker", os.getpid(), "served", flush=True)
+        except socket.timeout:
+            pass
+        os._exit(0)
+    kids.append(p)
+print("listening", flush=True)
+for p in kids:
+    os.waitpid(p, 0)
+s.close()
+print("done", flush=True)
+"#
+    );
+    let app = App::start(&lab, &["python3", "-c", &script]);
+    app.expect_started("listening");
+    kernel_has_no_socket_on(&lab, PORT);
+    const LEN: usize = 256 << 10;
+    in_peer(&lab, move || {
+        let addr = SocketAddr::from((PROVIDER_V4, PORT));
+        let first = TcpStream::connect(addr).expect("connect 1");
+        first
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        assert!(echo_on(&first, LEN) == pattern(LEN), "first echo differs");
+        let second = TcpStream::connect(addr).expect("connect 2");
+        second
+            .set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        assert!(echo_on(&second, LEN) == pattern(LEN), "second echo differs");
+        for s in [&second, &first] {
+            s.shutdown(Shutdown::Write).unwrap();
+            let mut rest = Vec::new();
+            (&*s).read_to_end(&mut rest).expect("read to the end");
+            assert!(rest.is_empty());
+        }
+    });
+    let mut pids = std::collections::HashSet::new();
+    for _ in 0..2 {
+        let seen = app.expect("served");
+        let l = seen.last().unwrap();
+        pids.insert(l.split_whitespace().nth(1).unwrap().to_string());
+    }
+    assert_eq!(pids.len(), 2, "two workers served: {pids:?}");
+    app.expect("done");
+    app.wait_success();
+}

@@ -142,7 +142,15 @@ impl SocketState {
     }
 }
 
-static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+/// Socket ids. The counter lives on the heap, not in a static: a program that shares the
+/// stack's memory between forked processes (the preload) shares the heap, while each process
+/// has its own copy of statics, so a static counter would hand out the same id twice.
+fn next_id() -> u64 {
+    static COUNTER: std::sync::OnceLock<&'static AtomicU64> = std::sync::OnceLock::new();
+    COUNTER
+        .get_or_init(|| Box::leak(Box::new(AtomicU64::new(1))))
+        .fetch_add(1, Ordering::Relaxed)
+}
 
 /// One underlying socket; every handle to it (see `duplicate`) holds the same `Arc`.
 #[derive(Debug)]
@@ -263,7 +271,7 @@ impl Signal {
 impl SocketEntry {
     pub fn new(family: Family, kind: SocketKind, options: SocketOptions, proto: Proto) -> Self {
         SocketEntry {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            id: next_id(),
             family,
             kind,
             handles: AtomicU32::new(0),

@@ -40,8 +40,12 @@ unsafe impl Send for Mmap {}
 unsafe impl Sync for Mmap {}
 
 impl Mmap {
-    /// A private anonymous, zero-filled mapping of `len` bytes (the UMEM area; also the heap
-    /// stand-in the unit tests use for rings).
+    /// A shared anonymous, zero-filled mapping of `len` bytes (the UMEM area; also the heap
+    /// stand-in the unit tests use for rings). Shared, not private: the kernel pins UMEM pages,
+    /// and a private pinned mapping would be copied into every forked child (and frames a child
+    /// wrote would go to its copy, not to the pages the NIC reads) — with a shared one, a
+    /// process tree that shares the stack (the preload's multi-process servers) shares the
+    /// frames too.
     pub(crate) fn anonymous(len: usize) -> io::Result<Mmap> {
         if len == 0 {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "empty mapping"));
@@ -53,7 +57,7 @@ impl Mmap {
                 ptr::null_mut(),
                 len,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
                 -1,
                 0,
             )
