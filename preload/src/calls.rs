@@ -342,6 +342,45 @@ pub unsafe extern "C" fn write(fd: Fd, p: *const c_void, n: usize) -> ssize_t {
     }
 }
 
+/// sendfile(2) and its 64-bit-offset name (the same call on 64-bit Linux).
+unsafe fn sendfile_any(out_fd: Fd, in_fd: Fd, offset: *mut libc::off_t, count: usize) -> ssize_t {
+    match lookup(out_fd) {
+        Some((st, ps)) => guarded(|| {
+            // SAFETY: a non-NULL offset points at the caller's off_t (the syscall contract).
+            let off = unsafe { offset.as_mut() };
+            ops::sendfile(st, &ps, in_fd, off, count).map(|v| v as isize)
+        }),
+        // SAFETY: forwarding unchanged.
+        None => unsafe {
+            crate::real!(sendfile: fn(c_int, c_int, *mut libc::off_t, usize) -> ssize_t)(
+                out_fd, in_fd, offset, count,
+            )
+        },
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sendfile(
+    out_fd: Fd,
+    in_fd: Fd,
+    offset: *mut libc::off_t,
+    count: usize,
+) -> ssize_t {
+    // SAFETY: same contract.
+    unsafe { sendfile_any(out_fd, in_fd, offset, count) }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sendfile64(
+    out_fd: Fd,
+    in_fd: Fd,
+    offset: *mut libc::off_t,
+    count: usize,
+) -> ssize_t {
+    // SAFETY: same contract.
+    unsafe { sendfile_any(out_fd, in_fd, offset, count) }
+}
+
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn sendto(
     fd: Fd,

@@ -386,6 +386,67 @@ pub fn provider_opt(level: i32, name: i32) -> Option<(i32, i32)> {
         (libc::SOL_SOCKET, libc::SO_RCVBUF) => Some((wo::SOL_SOCKET, wo::SO_RCVBUF)),
         (libc::SOL_SOCKET, libc::SO_ERROR) => Some((wo::SOL_SOCKET, wo::SO_ERROR)),
         (libc::IPPROTO_TCP, libc::TCP_NODELAY) => Some((wo::IPPROTO_TCP, wo::TCP_NODELAY)),
+        (libc::IPPROTO_TCP, libc::TCP_CORK) => Some((wo::IPPROTO_TCP, wo::TCP_CORK)),
         _ => None,
     }
+}
+
+/// How much of a file `sendfile` reads and sends at a time.
+const SENDFILE_CHUNK: usize = 64 << 10;
+
+/// sendfile(2) onto a provider socket, by copying: the file's bytes are read (`pread` at
+/// `offset`, or `read` at the file position, which then ends just past what was sent) and
+/// sent a chunk at a time. As Linux: the bytes sent, or the error if none were; a nonblocking
+/// socket sends what fits.
+pub fn sendfile(
+    st: &Stack,
+    ps: &ProvSock,
+    in_fd: i32,
+    mut offset: Option<&mut i64>,
+    count: usize,
+) -> R<usize> {
+    let pread = crate::real!(pread: fn(i32, *mut libc::c_void, usize, libc::off_t) -> isize);
+    let read = crate::real!(read: fn(i32, *mut libc::c_void, usize) -> isize);
+    let lseek = crate::real!(lseek: fn(i32, libc::off_t, i32) -> libc::off_t);
+    let mut chunk = vec![0u8; count.min(SENDFILE_CHUNK)];
+    let mut done = 0usize;
+    while done < count {
+        let want = (count - done).min(chunk.len());
+        let got = match offset.as_deref() {
+            // SAFETY: `chunk` has room for `want` bytes.
+            Some(&off) => unsafe { pread(in_fd, chunk.as_mut_ptr().cast(), want, off) },
+            // SAFETY: as above.
+            None => unsafe { read(in_fd, chunk.as_mut_ptr().cast(), want) },
+        };
+        if got < 0 {
+            let e = real::errno();
+            return if done > 0 { Ok(done) } else { Err(e) };
+        }
+        let got = got as usize;
+        if got == 0 {
+            break;
+        }
+        let sent = send(st, ps, &chunk[..got], 0);
+        let n = *sent.as_ref().unwrap_or(&0);
+        match offset.as_deref_mut() {
+            Some(off) => *off += n as i64,
+            None if n < got => {
+                // Give back what was read but not sent.
+                // SAFETY: plain descriptor operation.
+                unsafe { lseek(in_fd, -((got - n) as libc::off_t), libc::SEEK_CUR) };
+            }
+            None => {}
+        }
+        match sent {
+            Ok(_) => {
+                done += n;
+                if n < got {
+                    break;
+                }
+            }
+            Err(e) if done == 0 => return Err(e),
+            Err(_) => break,
+        }
+    }
+    Ok(done)
 }

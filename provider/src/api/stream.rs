@@ -1207,7 +1207,8 @@ impl Provider {
 
     /// Apply TCP_NODELAY / SO_KEEPALIVE to a live connection after `setsockopt` stored them.
     pub(super) fn stream_apply_options(&self, st: &mut SocketState) {
-        let (nodelay, keepalive) = (st.options.nodelay, st.options.keepalive);
+        let (nodelay, keepalive, cork) =
+            (st.options.nodelay, st.options.keepalive, st.options.cork);
         if let Ok(TcpSock {
             role: Role::Connected(id) | Role::Connecting(id),
             ..
@@ -1216,6 +1217,7 @@ impl Provider {
             let id = *id;
             self.with_conn(id, |inner, _| {
                 inner.engine.set_nodelay(id, nodelay);
+                inner.engine.set_cork(id, cork);
                 inner.engine.set_keepalive(id, keepalive);
             });
         }

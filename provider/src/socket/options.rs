@@ -37,6 +37,9 @@ pub const SO_RCVBUF: i32 = 0x1002;
 pub const SO_ERROR: i32 = 0x1007;
 pub const SO_TYPE: i32 = 0x1008;
 pub const TCP_NODELAY: i32 = 0x0001;
+/// Provider extension, Linux's `TCP_CORK` (Winsock has none): while set, only full segments
+/// go out; clearing it sends what is queued at once. Linux's 200 ms cork ceiling is not kept.
+pub const TCP_CORK: i32 = 0x7001;
 
 /// `FIONBIO` ioctl: nonzero argument → nonblocking.
 pub const FIONBIO: u32 = 0x8004_667E;
@@ -84,6 +87,8 @@ pub struct SocketOptions {
     /// Bound on queued received bytes (see `udp::RecvQueue`).
     pub rcvbuf: usize,
     pub nodelay: bool,
+    /// [`TCP_CORK`].
+    pub cork: bool,
     /// Pending per-socket error for `SO_ERROR` (0 = none); read-and-clear.
     pub error: i32,
 }
@@ -98,6 +103,7 @@ impl SocketOptions {
             sndbuf,
             rcvbuf,
             nodelay: false,
+            cork: false,
             error: 0,
         }
     }
@@ -110,6 +116,7 @@ impl SocketOptions {
             Opt::ReuseAddr => self.reuse_addr = read_int(optval)? != 0,
             Opt::KeepAlive => self.keepalive = read_int(optval)? != 0,
             Opt::NoDelay => self.nodelay = read_int(optval)? != 0,
+            Opt::Cork => self.cork = read_int(optval)? != 0,
             Opt::Linger => self.linger = Linger::from_bytes(optval)?,
             Opt::DontLinger => {
                 // TRUE ⇔ l_onoff = 0; FALSE turns lingering on with the stored interval.
@@ -136,6 +143,7 @@ impl SocketOptions {
             Opt::ReuseAddr => write_int(out, i32::from(self.reuse_addr)),
             Opt::KeepAlive => write_int(out, i32::from(self.keepalive)),
             Opt::NoDelay => write_int(out, i32::from(self.nodelay)),
+            Opt::Cork => write_int(out, i32::from(self.cork)),
             Opt::Linger => write_bytes(out, &self.linger.to_bytes()),
             Opt::DontLinger => write_int(out, i32::from(self.linger.l_onoff == 0)),
             Opt::SndBuf => write_int(out, clamp_i32(self.sndbuf)),
@@ -161,6 +169,7 @@ enum Opt {
     Error,
     Type,
     NoDelay,
+    Cork,
 }
 
 impl Opt {
@@ -179,6 +188,7 @@ impl Opt {
             },
             IPPROTO_TCP => match name {
                 TCP_NODELAY => Ok(Opt::NoDelay),
+                TCP_CORK => Ok(Opt::Cork),
                 _ => Err(WsaError::WSAENOPROTOOPT),
             },
             IPPROTO_UDP | IPPROTO_IP | IPPROTO_IPV6 => Err(WsaError::WSAENOPROTOOPT),
@@ -191,7 +201,7 @@ impl Opt {
             SocketKind::Stream => true,
             SocketKind::Datagram => !matches!(
                 self,
-                Opt::Linger | Opt::DontLinger | Opt::KeepAlive | Opt::NoDelay
+                Opt::Linger | Opt::DontLinger | Opt::KeepAlive | Opt::NoDelay | Opt::Cork
             ),
         };
         if ok {

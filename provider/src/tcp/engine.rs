@@ -714,6 +714,23 @@ impl TcpEngine {
         }
     }
 
+    /// TCP_CORK (a provider extension): corked, only full segments are sent; uncorking sends
+    /// what is queued at once, Nagle or not (Linux's TCP_NAGLE_PUSH).
+    pub fn set_cork(&mut self, id: ConnId, on: bool) {
+        if let Some(slot) = self.slots.get_mut(id.index as usize)
+            && slot.generation == id.generation
+            && id.shard == self.shard
+            && let Some(c) = slot.conn.as_deref_mut()
+            && !c.released
+        {
+            c.set_cork(on);
+            if !on && !slot.dirty && slot.mapped {
+                slot.dirty = true;
+                self.dirty.push_back(id);
+            }
+        }
+    }
+
     /// SO_KEEPALIVE. The idle timer starts at the next transmit poll or received segment.
     pub fn set_keepalive(&mut self, id: ConnId, on: bool) {
         if let Some(slot) = self.slots.get_mut(id.index as usize)

@@ -654,6 +654,11 @@ impl Conn {
         }
     }
 
+    /// TCP_CORK (see `Sender::set_cork`).
+    pub(crate) fn set_cork(&mut self, on: bool) {
+        self.snd.set_cork(on);
+    }
+
     /// Persist timer: a zero-window probe, or the SWS override (RFC 9293 §3.8.6.2.1).
     fn on_persist(&mut self) {
         if !self.state.is_synchronized() || !self.snd.has_unsent() || self.snd.una != self.snd.max {

@@ -192,6 +192,10 @@ pub(crate) struct Sender {
     pto: Option<Instant>,
     /// SWS override from the persist timer.
     pub(crate) force_send: bool,
+    /// TCP_CORK: hold partial segments.
+    cork: bool,
+    /// Uncorked: data below this goes out in partial segments, Nagle or not.
+    push_to: Option<SeqNum>,
     last_send: Instant,
     writable_wanted: bool,
     /// Raise `writable` once every byte and the FIN are acknowledged (a lingering close).
@@ -272,6 +276,8 @@ impl Sender {
             tlp_due: false,
             pto: None,
             force_send: false,
+            cork: false,
+            push_to: None,
             last_send: now,
             writable_wanted: false,
             drained_wanted: false,
@@ -317,6 +323,14 @@ impl Sender {
         self.rack.end = self.una;
         self.rack.fack = self.una;
         self.last_send = now;
+    }
+
+    /// TCP_CORK on or off; off pushes what is queued now.
+    pub(crate) fn set_cork(&mut self, on: bool) {
+        if self.cork && !on {
+            self.push_to = Some(self.data_end());
+        }
+        self.cork = on;
     }
 
     fn data_end(&self) -> SeqNum {
@@ -1130,11 +1144,14 @@ impl Sender {
                 });
             }
         } else {
+            let pushed = self.push_to.is_some_and(|p| self.max.lt(p));
             let ok = len == mss
                 || self.force_send
                 || fin_here
-                || (len == avail && (nodelay || self.una == self.max))
-                || (self.max_wnd > 0 && len >= self.max_wnd / 2);
+                || pushed
+                || (!self.cork
+                    && ((len == avail && (nodelay || self.una == self.max))
+                        || (self.max_wnd > 0 && len >= self.max_wnd / 2)));
             if ok {
                 return Some(Plan {
                     seq: self.max,
@@ -1274,6 +1291,9 @@ impl Sender {
         }
         self.last_send = now;
         self.force_send = false;
+        if self.push_to.is_some_and(|p| !self.max.lt(p)) {
+            self.push_to = None;
+        }
         self.check_invariants();
     }
 

@@ -339,6 +339,31 @@ fn nodelay_sends_small_segments_at_once() {
 }
 
 #[test]
+fn cork_holds_partial_segments_and_uncork_pushes_them_past_nagle() {
+    let (mut h, c) = Harness::active(cfg(), ConnOptions::default(), PeerOpts::plain());
+    h.engine.set_cork(c, true);
+    // Nothing in flight: Nagle alone would send these ten bytes; the cork holds them.
+    h.engine.send(h.now, c, &[1; 10]).unwrap();
+    h.drain();
+    h.expect_nothing_until(5);
+    // Full segments still go.
+    h.engine.send(h.now, c, &[2; 1500]).unwrap();
+    h.drain();
+    h.expect(5, exp(F_ACK).seq(1).len(1000));
+    h.expect_nothing_until(10);
+    // Uncorked: the 510-byte tail goes at once, though Nagle would wait for the ACK.
+    h.engine.set_cork(c, false);
+    h.drain();
+    h.expect(10, exp(F_ACK | F_PSH).seq(1001).len(510));
+    // After the push, Nagle is back.
+    h.engine.send(h.now, c, &[3; 10]).unwrap();
+    h.drain();
+    h.expect_nothing_until(15);
+    h.inject(15, seg(F_ACK).seq(1).ack(1511));
+    h.expect(15, exp(F_ACK | F_PSH).seq(1511).len(10));
+}
+
+#[test]
 fn full_segments_and_initial_window_of_ten() {
     let (mut h, c) = Harness::active(cfg(), ConnOptions::default(), PeerOpts::plain());
     h.engine.send(h.now, c, &[0; 20_000]).unwrap();
