@@ -35,7 +35,17 @@ pub const APT_PACKAGES: &[&str] = &[
     "wrk",
     "procps",
     "iputils-ping",
+    // The preload's application tests and `bench apps` (issue 11). Their services must never
+    // run on the host: see `apt` (policy-rc.d while installing, disabled after).
+    "nginx-light",
+    "redis-server",
+    "redis-tools",
 ];
+
+/// Packages that ship a service the host must not run.
+const SERVICES: &[&str] = &["nginx.service", "redis-server.service"];
+
+const POLICY_RC: &str = "/usr/sbin/policy-rc.d";
 
 const BPFFS: &str = "/sys/fs/bpf";
 
@@ -348,6 +358,19 @@ fn apt(report: &mut Report, root: bool) {
         );
         return;
     }
+    // Debian starts a service when its package is installed unless policy-rc.d says no
+    // (exit 101); nginx and redis would then listen on the host. Ours only if there was none.
+    let own_policy = !Path::new(POLICY_RC).exists()
+        && std::fs::write(
+            POLICY_RC,
+            "#!/bin/sh\n# cargo xtask setup: no services start while it installs\nexit 101\n",
+        )
+        .is_ok()
+        && std::fs::set_permissions(
+            POLICY_RC,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .is_ok();
     let r = cmd::run(Command::new("apt-get").arg("update")).and_then(|()| {
         cmd::run(
             Command::new("apt-get")
@@ -356,6 +379,13 @@ fn apt(report: &mut Report, root: bool) {
                 .args(&missing),
         )
     });
+    if own_policy {
+        let _ = std::fs::remove_file(POLICY_RC);
+    }
+    // Nor at the next boot.
+    if Path::new("/usr/bin/systemctl").exists() || Path::new("/bin/systemctl").exists() {
+        let _ = cmd::capture(Command::new("systemctl").arg("disable").args(SERVICES));
+    }
     match r {
         Ok(()) => {
             let still = missing_packages();
