@@ -32,7 +32,7 @@ mod close_bench;
 pub use close_bench::{CloseOptions, HARD_CLOSE_P50_MAX_NS, close};
 
 /// Known benchmark names, for the error on an unknown one.
-pub const NAMES: &[&str] = &["xdp", "udp-rx", "tcp", "close", "async", "scale"];
+pub const NAMES: &[&str] = &["xdp", "udp-rx", "tcp", "close", "async", "apps", "scale"];
 
 /// Target ratios from the issues (reported, not enforced). `steer` is held against the
 /// `parse_redirect` reference (its own parse plus an unconditional redirect), not the bare pass.

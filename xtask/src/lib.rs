@@ -5,6 +5,7 @@
 //! ([`setup::run`]).
 
 pub mod bench;
+pub mod bench_apps;
 pub mod bench_async;
 pub mod bench_tcp;
 pub mod cmd;

@@ -155,6 +155,19 @@ enum BenchCmd {
         #[arg(long, default_value_t = 32)]
         connections: u32,
     },
+    /// Unmodified servers from Debian packages (nginx, redis-server, sockperf server) on the
+    /// provider through the preload vs on the kernel: wrk, redis-benchmark, sockperf.
+    Apps {
+        /// Seconds per wrk / sockperf run (redis-benchmark: 40 000 requests per second of it).
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Rounds (kernel and provider alternate); each metric is the median over rounds.
+        #[arg(long, default_value_t = 3)]
+        rounds: u32,
+        /// Client connections (wrk, redis-benchmark).
+        #[arg(long, default_value_t = 32)]
+        connections: u32,
+    },
     /// Scale: N idle established connections from the kernel client, served by kernel sockets
     /// and by the provider; memory per connection for each.
     Scale {
@@ -333,6 +346,15 @@ fn dispatch(cmd: Cmd) -> Result<ExitCode> {
                 rounds,
                 connections,
             } => xtask::bench_async::run(&xtask::bench_async::AsyncBenchOptions {
+                seconds,
+                rounds,
+                connections,
+            })?,
+            BenchCmd::Apps {
+                seconds,
+                rounds,
+                connections,
+            } => xtask::bench_apps::run(&xtask::bench_apps::AppsBenchOptions {
                 seconds,
                 rounds,
                 connections,
