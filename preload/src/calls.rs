@@ -590,6 +590,92 @@ pub unsafe extern "C" fn sendmsg(fd: Fd, msg: *const msghdr, flags: c_int) -> ss
     }
 }
 
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn sendmmsg(
+    fd: Fd,
+    vec: *mut libc::mmsghdr,
+    vlen: libc::c_uint,
+    flags: c_int,
+) -> c_int {
+    if stack::table().get(fd).is_none() {
+        // SAFETY: forwarding unchanged.
+        return unsafe {
+            crate::real!(sendmmsg: fn(c_int, *mut libc::mmsghdr, libc::c_uint, c_int) -> c_int)(
+                fd, vec, vlen, flags,
+            )
+        };
+    }
+    if vec.is_null() && vlen > 0 {
+        set_errno(libc::EFAULT);
+        return -1;
+    }
+    // Linux caps vlen at UIO_MAXIOV; one sendmsg per message, and an error after the first
+    // message ends the batch with the count sent.
+    let n = vlen.min(1024) as usize;
+    for i in 0..n {
+        // SAFETY: `vec` holds `vlen` messages (the caller's contract).
+        let m = unsafe { &mut *vec.add(i) };
+        // SAFETY: as sendmsg(2); `m.msg_hdr` is the caller's message.
+        let r = unsafe { sendmsg(fd, &m.msg_hdr, flags) };
+        if r < 0 {
+            return if i == 0 { -1 } else { i as c_int };
+        }
+        m.msg_len = r as libc::c_uint;
+    }
+    n as c_int
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn recvmmsg(
+    fd: Fd,
+    vec: *mut libc::mmsghdr,
+    vlen: libc::c_uint,
+    flags: c_int,
+    timeout: *mut libc::timespec,
+) -> c_int {
+    if stack::table().get(fd).is_none() {
+        // SAFETY: forwarding unchanged.
+        return unsafe {
+            crate::real!(recvmmsg: fn(c_int, *mut libc::mmsghdr, libc::c_uint, c_int, *mut libc::timespec) -> c_int)(
+                fd, vec, vlen, flags, timeout,
+            )
+        };
+    }
+    if vec.is_null() && vlen > 0 {
+        set_errno(libc::EFAULT);
+        return -1;
+    }
+    let deadline = match timespec_timeout(timeout) {
+        Ok(t) => t.map(|t| Instant::now() + t),
+        Err(e) => {
+            set_errno(e);
+            return -1;
+        }
+    };
+    let n = vlen.min(1024) as usize;
+    let mut got = 0;
+    while got < n {
+        // As Linux: MSG_WAITFORONE makes every receive after the first nonblocking, and the
+        // timeout is looked at only between messages.
+        let mut f = flags & !libc::MSG_WAITFORONE;
+        if got > 0
+            && (flags & libc::MSG_WAITFORONE != 0 || deadline.is_some_and(|d| Instant::now() >= d))
+        {
+            f |= libc::MSG_DONTWAIT;
+        }
+        // SAFETY: `vec` holds `vlen` messages (the caller's contract).
+        let m = unsafe { &mut *vec.add(got) };
+        // SAFETY: as recvmsg(2); `m.msg_hdr` is the caller's message.
+        let r = unsafe { recvmsg(fd, &mut m.msg_hdr, f) };
+        if r < 0 {
+            return if got == 0 { -1 } else { got as c_int };
+        }
+        m.msg_len = r as libc::c_uint;
+        got += 1;
+    }
+    got as c_int
+}
+
 // ------------------------------------------------------------------ shutdown / close / dup
 
 #[unsafe(no_mangle)]
@@ -1021,8 +1107,12 @@ fn revents(r: &provider::api::Readiness, events: i16) -> i16 {
 
 /// poll over a mixed set: provider readiness computed here, kernel descriptors by the kernel,
 /// sleeping in one kernel poll in which each provider socket is its doorbell.
-fn poll_mixed(fds: &mut [pollfd], timeout: Option<Duration>) -> R<usize> {
-    let real_poll = crate::real!(poll: fn(*mut pollfd, libc::nfds_t, c_int) -> c_int);
+fn poll_mixed(
+    fds: &mut [pollfd],
+    timeout: Option<Duration>,
+    sigmask: *const libc::sigset_t,
+) -> R<usize> {
+    let real_ppoll = crate::real!(ppoll: fn(*mut pollfd, libc::nfds_t, *const libc::timespec, *const libc::sigset_t) -> c_int);
     let provs: Vec<(usize, Arc<ProvSock>)> = fds
         .iter()
         .enumerate()
@@ -1074,8 +1164,23 @@ fn poll_mixed(fds: &mut [pollfd], timeout: Option<Duration>) -> R<usize> {
         for p in kernel.iter_mut() {
             p.revents = 0;
         }
-        // SAFETY: `kernel` is a live array of `len` pollfds.
-        let n = unsafe { real_poll(kernel.as_mut_ptr(), kernel.len() as libc::nfds_t, wait_ms) };
+        let ts = (wait_ms >= 0).then(|| libc::timespec {
+            tv_sec: libc::time_t::from(wait_ms / 1000),
+            tv_nsec: libc::c_long::from(wait_ms % 1000) * 1_000_000,
+        });
+        let tsp = ts
+            .as_ref()
+            .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+        // SAFETY: `kernel` is a live array of `len` pollfds; `tsp` is NULL or a live local; the
+        // signal mask is the caller's (NULL or valid, as ppoll requires).
+        let n = unsafe {
+            real_ppoll(
+                kernel.as_mut_ptr(),
+                kernel.len() as libc::nfds_t,
+                tsp,
+                sigmask,
+            )
+        };
         if n < 0 {
             return Err(real::errno());
         }
@@ -1117,7 +1222,7 @@ pub unsafe extern "C" fn poll(fds: *mut pollfd, n: libc::nfds_t, timeout: c_int)
         return unsafe { real_poll(fds, n, timeout) };
     }
     let t = u64::try_from(timeout).ok().map(Duration::from_millis);
-    guarded(|| poll_mixed(set, t).map(|c| c as isize)) as c_int
+    guarded(|| poll_mixed(set, t, std::ptr::null()).map(|c| c as isize)) as c_int
 }
 
 #[unsafe(no_mangle)]
@@ -1139,6 +1244,46 @@ pub unsafe extern "C" fn __poll_chk(
     unsafe { poll(fds, n, timeout) }
 }
 
+/// A `struct timespec` timeout: None for NULL (wait forever), EINVAL if negative or not
+/// normalised, as the kernel says.
+fn timespec_timeout(t: *const libc::timespec) -> R<Option<Duration>> {
+    if t.is_null() {
+        return Ok(None);
+    }
+    // SAFETY: non-NULL; the caller's timespec.
+    let t = unsafe { *t };
+    if t.tv_sec < 0 || !(0..1_000_000_000).contains(&t.tv_nsec) {
+        return Err(libc::EINVAL);
+    }
+    Ok(Some(
+        Duration::from_secs(t.tv_sec as u64) + Duration::from_nanos(t.tv_nsec as u64),
+    ))
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn ppoll(
+    fds: *mut pollfd,
+    n: libc::nfds_t,
+    tmo: *const libc::timespec,
+    sigmask: *const libc::sigset_t,
+) -> c_int {
+    let real_ppoll = crate::real!(ppoll: fn(*mut pollfd, libc::nfds_t, *const libc::timespec, *const libc::sigset_t) -> c_int);
+    if stack::table().is_empty() || n == 0 || fds.is_null() {
+        // SAFETY: forwarding unchanged.
+        return unsafe { real_ppoll(fds, n, tmo, sigmask) };
+    }
+    // SAFETY: the caller passed `n` pollfds at `fds` (non-NULL).
+    let set = unsafe { std::slice::from_raw_parts_mut(fds, n as usize) };
+    if !set.iter().any(|p| stack::table().get(p.fd).is_some()) {
+        // SAFETY: forwarding unchanged.
+        return unsafe { real_ppoll(fds, n, tmo, sigmask) };
+    }
+    guarded(|| {
+        let t = timespec_timeout(tmo)?;
+        poll_mixed(set, t, sigmask).map(|c| c as isize)
+    }) as c_int
+}
+
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn select(
     nfds: c_int,
@@ -1147,10 +1292,66 @@ pub unsafe extern "C" fn select(
     e: *mut libc::fd_set,
     tv: *mut libc::timeval,
 ) -> c_int {
-    let real_select = crate::real!(select: fn(c_int, *mut libc::fd_set, *mut libc::fd_set, *mut libc::fd_set, *mut libc::timeval) -> c_int);
-    if stack::table().is_empty() || !(0..=libc::FD_SETSIZE as c_int).contains(&nfds) {
+    let timeout = || {
+        if tv.is_null() {
+            return Ok(None);
+        }
+        // SAFETY: non-NULL; the caller's timeval.
+        let t = unsafe { *tv };
+        if t.tv_sec < 0 || t.tv_usec < 0 {
+            return Err(libc::EINVAL);
+        }
+        Ok(Some(
+            Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64),
+        ))
+    };
+    // SAFETY: the caller's select arguments, checked by `select_mixed`.
+    match unsafe { select_mixed(nfds, r, w, e, timeout, std::ptr::null()) } {
+        Some(n) => n,
         // SAFETY: forwarding unchanged.
-        return unsafe { real_select(nfds, r, w, e, tv) };
+        None => unsafe {
+            crate::real!(select: fn(c_int, *mut libc::fd_set, *mut libc::fd_set, *mut libc::fd_set, *mut libc::timeval) -> c_int)(
+                nfds, r, w, e, tv,
+            )
+        },
+    }
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pselect(
+    nfds: c_int,
+    r: *mut libc::fd_set,
+    w: *mut libc::fd_set,
+    e: *mut libc::fd_set,
+    tmo: *const libc::timespec,
+    sigmask: *const libc::sigset_t,
+) -> c_int {
+    // SAFETY: the caller's pselect arguments, checked by `select_mixed`.
+    match unsafe { select_mixed(nfds, r, w, e, || timespec_timeout(tmo), sigmask) } {
+        Some(n) => n,
+        // SAFETY: forwarding unchanged.
+        None => unsafe {
+            crate::real!(pselect: fn(c_int, *mut libc::fd_set, *mut libc::fd_set, *mut libc::fd_set, *const libc::timespec, *const libc::sigset_t) -> c_int)(
+                nfds, r, w, e, tmo, sigmask,
+            )
+        },
+    }
+}
+
+/// select/pselect over sets holding a provider socket; None when they hold none (forward).
+///
+/// # Safety
+/// The fd_set pointers are NULL or the caller's sets, as select(2) requires.
+unsafe fn select_mixed(
+    nfds: c_int,
+    r: *mut libc::fd_set,
+    w: *mut libc::fd_set,
+    e: *mut libc::fd_set,
+    timeout: impl FnOnce() -> R<Option<Duration>>,
+    sigmask: *const libc::sigset_t,
+) -> Option<c_int> {
+    if stack::table().is_empty() || !(0..=libc::FD_SETSIZE as c_int).contains(&nfds) {
+        return None;
     }
     // SAFETY: FD_ISSET on the caller's sets (NULL sets are skipped).
     let isset = |s: *mut libc::fd_set, fd: c_int| !s.is_null() && unsafe { libc::FD_ISSET(fd, s) };
@@ -1177,23 +1378,11 @@ pub unsafe extern "C" fn select(
         }
     }
     if !any_provider {
-        // SAFETY: forwarding unchanged.
-        return unsafe { real_select(nfds, r, w, e, tv) };
+        return None;
     }
-    let timeout = if tv.is_null() {
-        None
-    } else {
-        // SAFETY: non-NULL; the caller's timeval.
-        let t = unsafe { *tv };
-        if t.tv_sec < 0 || t.tv_usec < 0 {
-            set_errno(libc::EINVAL);
-            return -1;
-        }
-        Some(Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64))
-    };
-    let res = guarded(|| poll_mixed(&mut set, timeout).map(|c| c as isize));
+    let res = guarded(|| poll_mixed(&mut set, timeout()?, sigmask).map(|c| c as isize));
     if res < 0 {
-        return -1;
+        return Some(-1);
     }
     let mut count = 0;
     // SAFETY: FD_ZERO / FD_SET on the caller's non-NULL sets.
@@ -1225,7 +1414,7 @@ pub unsafe extern "C" fn select(
             }
         }
     }
-    count
+    Some(count)
 }
 
 // ------------------------------------------------------------------ epoll
@@ -1264,7 +1453,7 @@ fn epoll_wait_common(
     epfd: Fd,
     events: *mut libc::epoll_event,
     max: c_int,
-    timeout: c_int,
+    timeout: R<Option<Duration>>,
     sigmask: *const libc::sigset_t,
 ) -> Option<c_int> {
     if !crate::epoll::any() {
@@ -1280,7 +1469,13 @@ fn epoll_wait_common(
     }
     // SAFETY: the caller passed room for `max` events.
     let out = unsafe { std::slice::from_raw_parts_mut(events, max as usize) };
-    let t = u64::try_from(timeout).ok().map(Duration::from_millis);
+    let t = match timeout {
+        Ok(t) => t,
+        Err(e) => {
+            set_errno(e);
+            return Some(-1);
+        }
+    };
     let r = crate::epoll::wait(epfd, out, t, sigmask)?;
     Some(guarded(|| r.map(|n| n as isize)) as c_int)
 }
@@ -1292,7 +1487,7 @@ pub unsafe extern "C" fn epoll_wait(
     max: c_int,
     timeout: c_int,
 ) -> c_int {
-    match epoll_wait_common(epfd, events, max, timeout, std::ptr::null()) {
+    match epoll_wait_common(epfd, events, max, Ok(ms_timeout(timeout)), std::ptr::null()) {
         Some(r) => r,
         // SAFETY: forwarding unchanged.
         None => unsafe {
@@ -1311,12 +1506,36 @@ pub unsafe extern "C" fn epoll_pwait(
     timeout: c_int,
     sigmask: *const libc::sigset_t,
 ) -> c_int {
-    match epoll_wait_common(epfd, events, max, timeout, sigmask) {
+    match epoll_wait_common(epfd, events, max, Ok(ms_timeout(timeout)), sigmask) {
         Some(r) => r,
         // SAFETY: forwarding unchanged.
         None => unsafe {
             crate::real!(epoll_pwait: fn(c_int, *mut libc::epoll_event, c_int, c_int, *const libc::sigset_t) -> c_int)(
                 epfd, events, max, timeout, sigmask,
+            )
+        },
+    }
+}
+
+/// A poll-style timeout in ms: negative waits forever.
+fn ms_timeout(ms: c_int) -> Option<Duration> {
+    u64::try_from(ms).ok().map(Duration::from_millis)
+}
+
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn epoll_pwait2(
+    epfd: Fd,
+    events: *mut libc::epoll_event,
+    max: c_int,
+    tmo: *const libc::timespec,
+    sigmask: *const libc::sigset_t,
+) -> c_int {
+    match epoll_wait_common(epfd, events, max, timespec_timeout(tmo), sigmask) {
+        Some(r) => r,
+        // SAFETY: forwarding unchanged.
+        None => unsafe {
+            crate::real!(epoll_pwait2: fn(c_int, *mut libc::epoll_event, c_int, *const libc::timespec, *const libc::sigset_t) -> c_int)(
+                epfd, events, max, tmo, sigmask,
             )
         },
     }

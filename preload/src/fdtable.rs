@@ -97,6 +97,20 @@ impl ProvSock {
     }
 }
 
+impl ProvSock {
+    /// The same descriptor state with another doorbell (a forked child's own).
+    pub fn with_doorbell(&self, doorbell: Arc<Doorbell>) -> Arc<ProvSock> {
+        Arc::new(ProvSock {
+            sock: self.sock,
+            dgram: self.dgram,
+            family: self.family,
+            doorbell,
+            nonblocking: AtomicBool::new(self.nonblocking.load(Ordering::Relaxed)),
+            read_shut: AtomicBool::new(self.read_shut.load(Ordering::Relaxed)),
+        })
+    }
+}
+
 const BITMAP_FDS: usize = 1 << 20;
 
 impl Default for FdTable {
@@ -163,6 +177,12 @@ impl FdTable {
             w.fetch_and(!m, Ordering::Release);
         }
         shm::private(|| map.remove(&fd))
+    }
+
+    /// Every provider descriptor now.
+    pub fn fds(&self) -> Vec<i32> {
+        let map = self.map.read().unwrap_or_else(PoisonError::into_inner);
+        shm::private(|| map.keys().copied().collect())
     }
 
     pub fn is_empty(&self) -> bool {

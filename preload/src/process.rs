@@ -11,7 +11,8 @@
 //!
 //! `fork`: the child inherits every provider descriptor as Linux children inherit sockets.
 //! Each gets a provider handle of its own (as `dup` does), so the socket closes when the last
-//! process closes it; the per-process tables are copied by fork and fixed up in the child.
+//! process closes it, and a doorbell of its own (`own_doorbell`); the per-process tables are
+//! copied by fork and fixed up in the child.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI32, AtomicPtr, AtomicU32, Ordering};
@@ -150,6 +151,35 @@ impl Mailbox {
     }
 }
 
+/// In a forked child, `ps` (at descriptor `fd`) gets a doorbell of the child's own, put at
+/// `fd` in place of the inherited eventfd (which stays the parent's). A doorbell shared by two
+/// processes would lose wake-ups: the first to wake drains it, and the other, whose waker the
+/// ring consumed, sleeps on — two nginx workers polling one listener would starve each other.
+/// If no eventfd can be made, the inherited doorbell stays.
+fn own_doorbell(fd: i32, ps: Arc<ProvSock>) -> Arc<ProvSock> {
+    let ev = real::sys_eventfd();
+    if ev < 0 {
+        return ps;
+    }
+    let bell = real::sys_dup_cloexec(ev);
+    // SAFETY: F_GETFD takes no argument.
+    let fdfl = unsafe { libc::syscall(libc::SYS_fcntl, fd, libc::F_GETFD) };
+    let cloexec = if fdfl >= 0 && fdfl as i32 & libc::FD_CLOEXEC != 0 {
+        libc::O_CLOEXEC
+    } else {
+        0
+    };
+    if bell < 0 || real::sys_dup3(ev, fd, cloexec) < 0 {
+        if bell >= 0 {
+            real::sys_close(bell);
+        }
+        real::sys_close(ev);
+        return ps;
+    }
+    real::sys_close(ev);
+    ps.with_doorbell(Arc::new(Doorbell::new(bell)))
+}
+
 /// fork(2), keeping the provider descriptors right in both processes.
 ///
 /// # Safety
@@ -181,10 +211,11 @@ pub unsafe extern "C" fn fork() -> libc::pid_t {
             for (_, old) in fds.drain() {
                 std::mem::forget(old);
             }
-            for (fd, ps) in child {
-                fds.insert(fd, ps);
-            }
         });
+        for (fd, ps) in child {
+            let ps = own_doorbell(fd, ps);
+            shm::private(|| fds.insert(fd, ps));
+        }
         sets.inherit(&fds);
     } else if pid < 0 {
         for (_, ps) in child {

@@ -60,10 +60,28 @@ pub fn as_inside<R>(f: impl FnOnce() -> R) -> R {
     r
 }
 
+/// How long the exit of the process that runs the engine waits for gracefully closed
+/// connections to deliver their data and FIN.
+const EXIT_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
 extern "C" fn stop_at_exit() {
+    // As the kernel does when a process exits: each provider descriptor it still holds is
+    // closed (graceful, or as its SO_LINGER says).
+    for fd in table().fds() {
+        // SAFETY: closing a descriptor of this process, as exit would.
+        unsafe { crate::calls::close(fd) };
+    }
     if ENGINE_PID.load(Ordering::Relaxed) != crate::process::pid() {
         // A forked child: the engine is the starting process's, and serves the others still.
         return;
+    }
+    // The kernel goes on sending after a process exits; here the engine dies with it, so it
+    // first lets the connections closed gracefully (here or earlier) finish, for a while.
+    if let Some(st) = running() {
+        let end = std::time::Instant::now() + EXIT_DRAIN;
+        while st.provider.tcp_counts().1 > 0 && std::time::Instant::now() < end {
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
     }
     let engine = ENGINE.lock().unwrap_or_else(PoisonError::into_inner).take();
     drop(engine);

@@ -412,3 +412,64 @@ print("done", flush=True)
     app.expect("done");
     app.wait_success();
 }
+
+/// The client side of `bsd_batch_calls.c`: "ping" in two pieces, "pong" back, then "file?"
+/// and the file to the end.
+fn batch_calls_client(lab: &Lab, port: u16, file: Vec<u8>) {
+    in_peer(lab, move || {
+        let mut s = TcpStream::connect(SocketAddr::from((PROVIDER_V4, port))).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.write_all(b"pi").unwrap();
+        thread::sleep(Duration::from_millis(100));
+        s.write_all(b"ng").unwrap();
+        let mut b = [0u8; 4];
+        s.read_exact(&mut b).expect("pong");
+        assert_eq!(&b, b"pong");
+        s.write_all(b"file?").unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).expect("the file");
+        assert!(
+            got == file,
+            "sendfile's bytes differ ({} of {})",
+            got.len(),
+            file.len()
+        );
+    });
+}
+
+#[test]
+#[ignore = "needs root (namespace lab) and gcc; run by `cargo xtask test`"]
+fn c_program_with_ppoll_pselect_epoll_pwait2_mmsg_and_sendfile() {
+    const PORT: u16 = 7470;
+    let exe = build_c("bsd_batch_calls.c", "bsd-batch-calls");
+    let file = target_dir().join("bsd-batch-calls.data");
+    let body = pattern(300_000);
+    std::fs::write(&file, &body).unwrap();
+    let f = file.to_str().unwrap().to_string();
+    let lab = Lab::up(&LabConfig::default()).expect("lab up");
+    // The reference run on the kernel's sockets: the errnos it checks are Linux's.
+    let mut reference = lab
+        .provider_cmd(&exe)
+        .args([&(PORT + 10).to_string(), &f])
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn the reference run");
+    let mut out = BufReader::new(reference.stdout.take().unwrap());
+    let mut first = String::new();
+    out.read_line(&mut first).expect("reference output");
+    assert_eq!(
+        first.trim(),
+        "ready",
+        "the program fails on the kernel: {first}"
+    );
+    batch_calls_client(&lab, PORT + 10, body.clone());
+    let st = reference.wait().expect("wait reference");
+    assert!(st.success(), "the program fails on the kernel: {st}");
+
+    let app = App::start(&lab, &[exe.to_str().unwrap(), &PORT.to_string(), &f]);
+    app.expect_started("ready");
+    kernel_has_no_socket_on(&lab, PORT);
+    batch_calls_client(&lab, PORT, body);
+    app.expect("done");
+    app.wait_success();
+}

@@ -1,13 +1,14 @@
 //! Local (address, port) → socket, for UDP.
 //!
-//! The engine looks up every inbound datagram, on every RX queue at once, so the lookup takes
-//! no lock and writes no shared cache line: readers see an immutable snapshot, and writers
-//! (bind, close — rare next to datagrams) publish a new one (read-copy-update).
+//! The engine looks up every inbound datagram, on every RX queue at once, so the lookup never
+//! waits for a writer and shares no lock between ports: readers see an immutable snapshot of
+//! their port's bucket (one bucket read lock, below), and writers (bind, close — rare next to
+//! datagrams) publish a new one (read-copy-update).
 //!
-//! Why this shape: a snapshot is one [`ArcSwap`] per *bucket of ports* (`port mod 256`), each
+//! Why this shape: a snapshot is one `ArcSwap` per *bucket of ports* (`port mod 256`), each
 //! holding an immutable map endpoint → the socket datagrams go to. A lookup is one `ArcSwap`
-//! load (lock-free; it marks a slot of the calling thread's own, never a shared counter — we
-//! never `load_full`, which would bump the snapshot's shared reference count) and at most two
+//! load (we never `load_full`, which would bump the snapshot's shared reference count) and at
+//! most two
 //! hash lookups in that bucket (exact address, then the family's wildcard — the same order the
 //! XDP program uses for `STEER`; both keys have the same port, so the same bucket). A writer
 //! copies only the one bucket it changes (≈ endpoints / 256 entries, so bind stays cheap with
@@ -28,7 +29,14 @@
 //! on the same port coexist (the specific one wins on lookup). IPv4 and IPv6 are separate
 //! (v6 sockets are v6-only, as Windows' default). When several sockets share one endpoint,
 //! datagrams go to the one bound first (Winsock leaves this undefined).
-use arc_swap::ArcSwap;
+use arc_swap::ArcSwapAny;
+
+/// The swap's strategy: arc-swap's `RwLock<()>`, a read lock per bucket, not its default
+/// thread-local debt lists. Those live in a process-wide static list, and the preload shares
+/// the engine's memory between forked processes (`provider-preload`'s `shm`), where each
+/// process would see only its own threads' debts and could free a snapshot another process's
+/// reader holds. A bucket's lock is one atomic add for a reader; writers are rare.
+type Swap<T> = ArcSwapAny<Arc<T>, std::sync::RwLock<()>>;
 use rustc_hash::FxHashMap as HashMap;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::RangeInclusive;
@@ -72,7 +80,7 @@ type Snapshot<T> = HashMap<(IpAddr, u16), T>;
 pub struct UdpDemux<T> {
     maps: Mutex<Maps<T>>,
     /// The readers' view, `BUCKETS` immutable maps; replaced only by a writer holding `maps`.
-    published: Box<[ArcSwap<Snapshot<T>>]>,
+    published: Box<[Swap<Snapshot<T>>]>,
 }
 
 impl<T: Clone> Default for UdpDemux<T> {
@@ -91,7 +99,7 @@ impl<T: Clone> UdpDemux<T> {
                 next_v6: 0,
             }),
             published: (0..BUCKETS)
-                .map(|_| ArcSwap::from_pointee(Snapshot::default()))
+                .map(|_| Swap::new(Arc::new(Snapshot::default())))
                 .collect(),
         }
     }
