@@ -1121,7 +1121,20 @@ fn poll_mixed(
     let st = stack::get().ok_or(libc::EBADF)?;
     let deadline = timeout.map(|t| Instant::now() + t);
     let mut kernel: Vec<pollfd> = fds.to_vec();
+    // The AF_XDP descriptors too, after the caller's: a frame wakes this thread, which then
+    // receives it itself (`drive`).
+    let drive = crate::drive::get();
+    if let Some(d) = drive {
+        kernel.extend(d.xsk_fds().iter().map(|&fd| pollfd {
+            fd,
+            events: libc::POLLIN,
+            revents: 0,
+        }));
+    }
     loop {
+        if let Some(d) = drive {
+            d.assist();
+        }
         for (_, ps) in &provs {
             real::drain(ps.doorbell.fd);
         }
@@ -1171,6 +1184,7 @@ fn poll_mixed(
         let tsp = ts
             .as_ref()
             .map_or(std::ptr::null(), |t| t as *const libc::timespec);
+        let _waiting = drive.filter(|_| wait_ms != 0).map(|d| d.waiting());
         // SAFETY: `kernel` is a live array of `len` pollfds; `tsp` is NULL or a live local; the
         // signal mask is the caller's (NULL or valid, as ppoll requires).
         let n = unsafe {

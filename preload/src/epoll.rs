@@ -40,7 +40,16 @@ struct Entry {
 #[derive(Default)]
 struct Set {
     entries: HashMap<i32, Entry>,
+    /// The entries to look at in the next wait — the ready list: added, modified, doorbell
+    /// rang, or reported level-triggered (still ready, maybe). Any other entry is not ready
+    /// and has its waker registered, so a wait costs what changed, not the set's size.
+    check: std::collections::HashSet<i32>,
+    /// The AF_XDP descriptors are in the kernel instance (tagged `XSK_TAG`), see `drive`.
+    xsks_added: bool,
 }
+
+/// Tag of an AF_XDP descriptor's registration.
+const XSK_TAG: u64 = 0xFEED_0C5C_0000_0000;
 
 static SETS: Mutex<Option<HashMap<i32, Arc<Mutex<Set>>>>> = Mutex::new(None);
 static NSETS: AtomicUsize = AtomicUsize::new(0);
@@ -129,7 +138,10 @@ pub fn forget_fd(fd: i32) {
     for (epfd, set) in sets {
         let removed = {
             let mut s = set.lock().unwrap_or_else(PoisonError::into_inner);
-            shm::private(|| s.entries.remove(&fd))
+            shm::private(|| {
+                s.check.remove(&fd);
+                s.entries.remove(&fd)
+            })
         };
         if removed.is_some() {
             kernel_ctl(epfd, libc::EPOLL_CTL_DEL, fd, 0, false);
@@ -177,7 +189,10 @@ pub fn ctl(epfd: i32, op: i32, fd: i32, ps: Arc<ProvSock>, ev: Option<epoll_even
                 reported_gen: None,
                 disabled: false,
             };
-            shm::private(|| s.entries.insert(fd, entry));
+            shm::private(|| {
+                s.entries.insert(fd, entry);
+                s.check.insert(fd);
+            });
         }
         libc::EPOLL_CTL_MOD => {
             let ev = ev.ok_or(libc::EFAULT)?;
@@ -186,9 +201,14 @@ pub fn ctl(epfd: i32, op: i32, fd: i32, ps: Arc<ProvSock>, ev: Option<epoll_even
             e.data = ev.u64;
             e.reported_gen = None;
             e.disabled = false;
+            shm::private(|| s.check.insert(fd));
         }
         libc::EPOLL_CTL_DEL => {
-            shm::private(|| s.entries.remove(&fd)).ok_or(libc::ENOENT)?;
+            shm::private(|| {
+                s.check.remove(&fd);
+                s.entries.remove(&fd)
+            })
+            .ok_or(libc::ENOENT)?;
             kernel_ctl(epfd, libc::EPOLL_CTL_DEL, fd, 0, false);
         }
         _ => return Err(libc::EINVAL),
@@ -221,26 +241,38 @@ pub fn wait(
     sigmask: *const libc::sigset_t,
 ) -> Option<R<usize>> {
     let set = set_of(epfd, false)?;
-    if set
-        .lock()
-        .unwrap_or_else(PoisonError::into_inner)
-        .entries
-        .is_empty()
     {
-        return None;
+        let s = set.lock().unwrap_or_else(PoisonError::into_inner);
+        // With our AF_XDP registrations in it, the instance is ours to filter even when no
+        // provider socket is left in it.
+        if s.entries.is_empty() && !s.xsks_added {
+            return None;
+        }
     }
+    let drive = crate::drive::get();
     let st = stack::get()?;
     let pwait = crate::real!(epoll_pwait: fn(i32, *mut epoll_event, i32, i32, *const libc::sigset_t) -> i32);
     let deadline = timeout.map(|t| Instant::now() + t);
     let mut kernel = vec![epoll_event { events: 0, u64: 0 }; out.len()];
     Some((|| loop {
+        if let Some(d) = drive {
+            d.assist();
+        }
         let mut n = 0;
         {
-            let mut s = set.lock().unwrap_or_else(PoisonError::into_inner);
-            for e in s.entries.values_mut() {
+            let mut guard = set.lock().unwrap_or_else(PoisonError::into_inner);
+            let s = &mut *guard;
+            let todo: Vec<i32> = shm::private(|| s.check.drain().collect());
+            let mut again: Vec<i32> = shm::private(|| Vec::with_capacity(todo.len()));
+            for fd in todo {
                 if n == out.len() {
-                    break;
+                    // No room: look at it next time.
+                    again.push(fd);
+                    continue;
                 }
+                let Some(e) = s.entries.get_mut(&fd) else {
+                    continue;
+                };
                 if e.disabled {
                     continue;
                 }
@@ -257,6 +289,16 @@ pub fn wait(
                         e.reported_gen = Some(seen);
                         if e.events & libc::EPOLLONESHOT as u32 != 0 {
                             e.disabled = true;
+                        } else if !edge {
+                            // Level-triggered: reported again while it stays ready.
+                            again.push(fd);
+                        } else {
+                            // Edge-triggered: the next event rings the doorbell (or, if one
+                            // already came, it is looked at again at once).
+                            let waker = std::task::Waker::from(e.sock.doorbell.clone());
+                            if st.provider.watch(e.sock.sock, seen, &waker).unwrap_or(true) {
+                                again.push(fd);
+                            }
                         }
                         break;
                     }
@@ -268,6 +310,7 @@ pub fn wait(
                     }
                 }
             }
+            shm::private(|| s.check.extend(again));
         }
         let room = out.len() - n;
         let wait_ms = if n > 0 || room == 0 {
@@ -284,6 +327,19 @@ pub fn wait(
         if room == 0 {
             return Ok(n);
         }
+        let _waiting = match drive {
+            Some(d) if wait_ms != 0 => {
+                let mut s = set.lock().unwrap_or_else(PoisonError::into_inner);
+                if !s.xsks_added {
+                    for (i, &fd) in d.xsk_fds().iter().enumerate() {
+                        kernel_ctl(epfd, libc::EPOLL_CTL_ADD, fd, XSK_TAG | i as u64, false);
+                    }
+                    s.xsks_added = true;
+                }
+                Some(d.waiting())
+            }
+            _ => None,
+        };
         // SAFETY: `kernel` has room for `room` events.
         let k = unsafe { pwait(epfd, kernel.as_mut_ptr(), room as i32, wait_ms, sigmask) };
         if k < 0 {
@@ -295,13 +351,17 @@ pub fn wait(
         }
         let mut rang = false;
         {
-            let s = set.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut s = set.lock().unwrap_or_else(PoisonError::into_inner);
             for ev in &kernel[..k as usize] {
-                if ev.u64 & TAG_MASK == DOORBELL_TAG {
+                if ev.u64 & TAG_MASK == XSK_TAG {
+                    // A frame: the next turn receives it.
+                    rang = true;
+                } else if ev.u64 & TAG_MASK == DOORBELL_TAG {
                     let fd = (ev.u64 & !TAG_MASK) as u32 as i32;
                     if let Some(e) = s.entries.get(&fd) {
                         real::drain(e.sock.doorbell.fd);
                         rang = true;
+                        shm::private(|| s.check.insert(fd));
                     }
                 } else {
                     out[n] = *ev;

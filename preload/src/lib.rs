@@ -11,6 +11,7 @@
 //! See the README ("Running applications") for what is interposed and the known gaps.
 
 pub mod calls;
+mod drive;
 mod epoll;
 mod errno;
 pub mod fdtable;

@@ -140,7 +140,12 @@ fn start() -> Option<Stack> {
     // SAFETY: env mutation while other threads may read it; done once, at the first socket
     // that is ours, before the engine starts its threads.
     unsafe { std::env::remove_var("LD_PRELOAD") };
-    let engine = match Engine::start(EngineConfig::new(&iface)) {
+    let mut config = EngineConfig::new(&iface);
+    let app_driven = std::env::var("PROVIDER_DRIVE").as_deref() != Ok("threads");
+    if app_driven {
+        config.drive = provider::engine::Drive::Application;
+    }
+    let engine = match Engine::start(config) {
         Ok(e) => e,
         Err(e) => {
             eprintln!(
@@ -149,6 +154,17 @@ fn start() -> Option<Stack> {
             return None;
         }
     };
+    if app_driven {
+        match engine.driver() {
+            Ok(d) => crate::drive::install(d),
+            Err(e) => {
+                eprintln!(
+                    "provider-preload: no driver for {iface}: {e}; this program uses the kernel's sockets"
+                );
+                return None;
+            }
+        }
+    }
     let provider = engine.provider().clone();
     let addrs = engine.addresses().to_vec();
     *ENGINE.lock().unwrap_or_else(PoisonError::into_inner) = Some(engine);

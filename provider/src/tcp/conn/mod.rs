@@ -98,6 +98,10 @@ pub(crate) struct Conn {
     /// piggybacks it). Off again when the delayed-ACK timer fires. While on, draining pushed
     /// data does not ACK at once (the reply will carry it) — Linux's "pingpong" mode.
     interactive: bool,
+    /// When data last arrived: data sent within a delayed-ACK time of it makes the connection
+    /// interactive too, as Linux's `lrcvtime` check does — else an ACK sent at once for every
+    /// drained request keeps the reply from ever carrying one, and interactive mode never starts.
+    last_data_rcv: Option<Instant>,
     t_persist: Option<Instant>,
     t_keepalive: Option<Instant>,
     t_timewait: Option<Instant>,
@@ -160,6 +164,7 @@ impl Conn {
             t_rto: None,
             t_delack: None,
             interactive: false,
+            last_data_rcv: None,
             t_persist: None,
             t_keepalive: None,
             t_timewait: None,
@@ -960,7 +965,12 @@ impl Conn {
             cx.cfg.tx_checksum,
         )?;
         self.snd.on_sent(cx.now, &plan);
-        if plan.len > 0 && self.t_delack.is_some() {
+        if plan.len > 0
+            && (self.t_delack.is_some()
+                || self
+                    .last_data_rcv
+                    .is_some_and(|t| cx.now.saturating_duration_since(t) < cx.cfg.delayed_ack))
+        {
             self.interactive = true;
         }
         self.on_ack_sent();

@@ -342,6 +342,9 @@ impl Conn {
         if was_empty && !self.rcv.buf.is_empty() {
             cx.events.push_back(Event::Readable(self.id));
         }
+        if take > 0 {
+            self.last_data_rcv = Some(cx.now);
+        }
         if immediate
             || cx.cfg.delayed_ack.is_zero()
             || self.rcv.unacked_bytes >= 2 * self.rcv.rcv_mss

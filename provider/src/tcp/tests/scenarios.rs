@@ -304,6 +304,29 @@ fn request_response_keeps_the_ack_for_the_reply() {
 }
 
 #[test]
+fn a_reply_soon_after_a_request_makes_the_next_drained_request_wait_for_the_reply() {
+    // Drain-then-reply (nginx, redis): the first drained request is ACKed at once (nothing
+    // says yet that a reply follows); the reply goes out within a delayed-ACK time of the
+    // request, so the connection is interactive and the next request's ACK rides the reply.
+    let (mut h, _l, c) = Harness::passive(cfg(), PeerOpts::full());
+    let mut buf = vec![0u8; 100];
+    h.inject(10, seg(F_ACK | F_PSH).seq(1).ack(1).len(10));
+    assert_eq!(h.engine.recv(h.now, c, &mut buf), Ok(10));
+    h.drain();
+    h.expect(10, exp(F_ACK).seq(1).ack(11));
+    h.engine.send(h.now, c, b"reply").unwrap();
+    h.drain();
+    h.expect(10, exp(F_ACK | F_PSH).seq(1).ack(11).len(5));
+    h.inject(20, seg(F_ACK | F_PSH).seq(11).ack(6).len(10));
+    assert_eq!(h.engine.recv(h.now, c, &mut buf), Ok(10));
+    h.drain();
+    h.expect_nothing_until(21);
+    h.engine.send(h.now, c, b"reply").unwrap();
+    h.drain();
+    h.expect(21, exp(F_ACK | F_PSH).seq(6).ack(21).len(5));
+}
+
+#[test]
 fn nagle_holds_small_segments_until_ack() {
     let (mut h, c) = Harness::active(cfg(), ConnOptions::default(), PeerOpts::plain());
     h.engine.send(h.now, c, &[1; 10]).unwrap();

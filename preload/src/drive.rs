@@ -1,0 +1,161 @@
+//! Who runs the engine's queue work (receive, deliver, TCP timers, TX completions).
+//!
+//! Queue threads would cost every received segment two thread hops before the application
+//! sees it (queue thread, then the application's wake-up), and on a small machine those hops
+//! cost more than the protocol work. So the engine is application-driven (`Drive::Application`,
+//! one `Driver` for the process tree, behind a lock in the shared arena), and the work runs on
+//! whichever thread is about to wait:
+//! * an application thread entering `epoll_wait`/`poll`/`select` first polls the driver (if no
+//!   one else is), and sleeps with the AF_XDP descriptors in its set, so a frame wakes it
+//!   directly and it receives it itself — the kernel's own shape, where the softirq runs in
+//!   the context of the interrupted application;
+//! * a background thread of the process that started the engine ("provider-drive") receives
+//!   and runs the TCP timers while no application thread waits with the AF_XDP descriptors
+//!   (a busy server still gets its ACKs and retransmissions), and otherwise only backs the
+//!   waiters' timer runs up, looking every `BACKGROUND_RECHECK_MS`.
+//!
+//! `PROVIDER_DRIVE=threads` keeps the engine's own queue threads instead.
+
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Mutex, OnceLock, PoisonError, TryLockError};
+use std::time::Instant;
+
+use provider::engine::{Driver, Progress};
+
+pub struct Drive {
+    driver: Mutex<Driver>,
+    /// The descriptors to wait on: AF_XDP sockets (first `xsks`), then the timer eventfds.
+    fds: Vec<i32>,
+    xsks: usize,
+    /// Application threads now asleep with the AF_XDP descriptors in their set.
+    app_waiters: AtomicU32,
+}
+
+/// While application threads wait on the AF_XDP descriptors, the background thread looks at
+/// least this often whether they still do (they are busy when they do not, and then it
+/// receives). Ringing it at every waiter's wake-up instead would cost a thread switch per
+/// request, the very thing this module avoids.
+const BACKGROUND_RECHECK_MS: i32 = 5;
+
+static DRIVE: OnceLock<&'static Drive> = OnceLock::new();
+
+/// Install the driver (at engine start) and start the background thread.
+pub fn install(driver: Driver) {
+    let fds: Vec<i32> = {
+        use std::os::fd::AsRawFd;
+        driver.fds().map(|f| f.as_raw_fd()).collect()
+    };
+    let xsks = driver.socket_count();
+    let d: &'static Drive = Box::leak(Box::new(Drive {
+        driver: Mutex::new(driver),
+        fds,
+        xsks,
+        app_waiters: AtomicU32::new(0),
+    }));
+    if DRIVE.set(d).is_err() {
+        return;
+    }
+    let spawned = std::thread::Builder::new()
+        .name("provider-drive".into())
+        .spawn(move || background(d));
+    if spawned.is_err() {
+        let msg = b"provider-preload: cannot start the drive thread\n";
+        // SAFETY: writing a static buffer to stderr.
+        unsafe { libc::write(2, msg.as_ptr().cast(), msg.len()) };
+    }
+}
+
+pub fn get() -> Option<&'static Drive> {
+    DRIVE.get().copied()
+}
+
+fn idle_ms(until: Option<Instant>) -> i32 {
+    match until {
+        None => -1,
+        Some(t) => {
+            let left = t.saturating_duration_since(Instant::now());
+            i32::try_from(left.as_micros().div_ceil(1000)).unwrap_or(i32::MAX)
+        }
+    }
+}
+
+/// Poll until idle with the driver held; the next timer.
+fn run(d: &mut Driver) -> Option<Instant> {
+    loop {
+        match d.poll() {
+            Progress::Busy => {}
+            Progress::Idle { until } => return until,
+        }
+    }
+}
+
+fn background(d: &'static Drive) {
+    loop {
+        let until = {
+            let mut g = d.driver.lock().unwrap_or_else(PoisonError::into_inner);
+            if !g.is_running() {
+                return;
+            }
+            g.clear_wake();
+            run(&mut g)
+        };
+        // With application waiters, they receive, and their every pass runs the due timers
+        // too; this thread then only makes sure of the timers, at their time or within
+        // BACKGROUND_RECHECK_MS of a timer armed since (waking for each armed timer would cost
+        // a thread switch per request).
+        let watch = d.app_waiters.load(Ordering::Acquire) == 0;
+        let mut set: Vec<libc::pollfd> = d
+            .fds
+            .iter()
+            .filter(|_| watch)
+            .map(|&fd| libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        let timeout = match idle_ms(until) {
+            t if watch => t,
+            -1 => BACKGROUND_RECHECK_MS,
+            t => t.min(BACKGROUND_RECHECK_MS),
+        };
+        let poll = crate::real!(poll: fn(*mut libc::pollfd, libc::nfds_t, i32) -> i32);
+        // SAFETY: `set` is a live array of pollfds.
+        unsafe { poll(set.as_mut_ptr(), set.len() as libc::nfds_t, timeout) };
+    }
+}
+
+impl Drive {
+    /// Run the queue work now unless another thread is (the application is about to wait).
+    pub fn assist(&self) {
+        match self.driver.try_lock() {
+            Ok(mut g) => {
+                run(&mut g);
+            }
+            Err(TryLockError::Poisoned(p)) => {
+                run(&mut p.into_inner());
+            }
+            Err(TryLockError::WouldBlock) => {}
+        }
+    }
+
+    /// The AF_XDP descriptors an application waiter adds to its set.
+    pub fn xsk_fds(&self) -> &[i32] {
+        &self.fds[..self.xsks]
+    }
+
+    /// An application thread goes to sleep with the AF_XDP descriptors in its set.
+    pub fn waiting(&self) -> Waiting<'_> {
+        self.app_waiters.fetch_add(1, Ordering::AcqRel);
+        Waiting(self)
+    }
+}
+
+/// While alive, the background thread leaves reception to the application waiters.
+pub struct Waiting<'a>(&'a Drive);
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        self.0.app_waiters.fetch_sub(1, Ordering::AcqRel);
+    }
+}
