@@ -7,6 +7,7 @@
 //! | `PROVIDER_PORTS` | `80,443,8000-8100`: only binds to these local ports are the provider's (default: every port) |
 //! | `PROVIDER_LINGER_NONBLOCKING` | `linux` (default): close of a nonblocking socket with SO_LINGER {1,n} blocks as Linux does; `wsp`: it fails with EWOULDBLOCK and the descriptor stays open (the WSPCloseSocket rule) |
 //! | `PROVIDER_QUIET` | set: no start-up line on stderr |
+//! | `PROVIDER_DRIVE` | `threads`: the engine's own queue threads; default: application-driven (`drive`) |
 
 use std::cell::Cell;
 use std::net::{IpAddr, SocketAddr};
