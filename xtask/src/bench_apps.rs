@@ -13,15 +13,14 @@
 //! Every measurement runs `--rounds` times (the order of the stacks alternates per round); the
 //! table shows the median, `bench-results/apps.json` every run.
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use serde_json::{Value, json};
 
 use crate::bench::{median, unix_now, write_result};
-use crate::bench_async::parse_wrk;
-use crate::bench_tcp::{CLIENT_CPU, SERVER_CPU, parse_msg_rate, parse_ping_pong, strip_ansi};
+use crate::bench_async::{client, parse_wrk};
+use crate::bench_tcp::{SERVER_CPU, parse_msg_rate, parse_ping_pong, strip_ansi};
 use crate::lab::{Lab, LabConfig};
 use crate::proc::{self, Proc};
 use crate::{cmd, provider_bin};
@@ -163,26 +162,6 @@ fn server(
     }
     proc::sleep(Duration::from_millis(300))?;
     Ok(p)
-}
-
-/// Run a client pinned to the client CPU in the peer namespace; its stdout.
-fn client(lab: &Lab, program: &str, args: &[&str], timeout: Duration) -> Result<String> {
-    let mut c: Command = lab.peer_cmd("taskset");
-    c.args(["-c", CLIENT_CPU, program]).args(args);
-    let mut p = Proc::spawn(program, &mut c)?;
-    let status = p.wait_exit(timeout)?;
-    let mut out = Vec::new();
-    while let Some(l) = p.next_line(Duration::from_millis(300))? {
-        out.push(l.text);
-    }
-    match status {
-        Some(s) if s.success() => Ok(out.join("\n")),
-        Some(s) => bail!("{program} failed ({s}): {}", p.stderr_tail()),
-        None => {
-            p.stop();
-            bail!("{program} did not finish within {timeout:?}")
-        }
-    }
 }
 
 /// wrk's requests/s, refusing a run with socket errors or non-2xx answers.

@@ -97,7 +97,7 @@ fn server(lab: &Lab, dir: &Path, example: &str, stack: Stack, listen: &str) -> R
 }
 
 /// Run a client pinned to the client CPU in the peer namespace; its stdout.
-fn client(lab: &Lab, program: &str, args: &[&str], timeout: Duration) -> Result<String> {
+pub(crate) fn client(lab: &Lab, program: &str, args: &[&str], timeout: Duration) -> Result<String> {
     let mut c: Command = lab.peer_cmd("taskset");
     c.args(["-c", CLIENT_CPU, program]).args(args);
     let mut p = Proc::spawn(program, &mut c)?;
