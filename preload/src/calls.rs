@@ -70,7 +70,7 @@ pub unsafe extern "C" fn bind(fd: Fd, addr: *const sockaddr, len: socklen_t) -> 
     if let Some((st, ps)) = lookup(fd) {
         return guarded(|| {
             // SAFETY: `addr` is checked for NULL and `len` inside.
-            let a = unsafe { sa::read(addr, len) }?;
+            let a = unsafe { sa::read_for(ps.family, addr, len) }?;
             st.provider
                 .wsp_bind(ps.sock, a)
                 .map_err(crate::errno::from_wsa)?;
@@ -90,6 +90,11 @@ pub unsafe extern "C" fn bind(fd: Fd, addr: *const sockaddr, len: socklen_t) -> 
         // SAFETY: forwarding unchanged.
         return unsafe { real_bind(fd, addr, len) };
     };
+    if a.is_ipv6() != (kind.1 == libc::AF_INET6) {
+        // Another family's address: the kernel's error (EAFNOSUPPORT) is the answer.
+        // SAFETY: forwarding unchanged.
+        return unsafe { real_bind(fd, addr, len) };
+    }
     // A dual-stack wildcard (AF_INET6 on `::` without IPV6_V6ONLY, Linux's default) also takes
     // IPv4 as mapped addresses, which the provider does not serve: it stays the kernel's.
     if kind.1 == libc::AF_INET6 && a.ip().is_unspecified() && !ops::v6only(fd) {
@@ -142,10 +147,16 @@ pub unsafe extern "C" fn connect(fd: Fd, addr: *const sockaddr, len: socklen_t) 
     };
     guarded(|| {
         // SAFETY: checked for NULL and length inside.
-        let a = unsafe { sa::read(addr, len) }?;
+        let a = unsafe { sa::read_for(ps.family, addr, len) }?;
+        // A blocking connect sleeps until the SYN is answered: the SYN must go out now.
+        crate::drive::release_kicks();
         match st.provider.wsp_connect(ps.sock, a) {
             Ok(()) => Ok(0),
             Err(provider::socket::WsaError::WSAEWOULDBLOCK) => Err(libc::EINPROGRESS),
+            // Linux: a listening socket counts as connected here.
+            Err(provider::socket::WsaError::WSAEINVAL) if ops::listening(&st.provider, &ps) => {
+                Err(libc::EISCONN)
+            }
             Err(e) => Err(crate::errno::from_wsa(e)),
         }
     }) as c_int
@@ -186,6 +197,9 @@ pub unsafe extern "C" fn accept4(
         }
         if !addr.is_null() && len.is_null() {
             return Err(libc::EFAULT);
+        }
+        if !ps.nonblocking.load(Ordering::Relaxed) {
+            crate::drive::release_kicks();
         }
         let (s, remote) = st
             .provider
@@ -348,6 +362,10 @@ unsafe fn sendfile_any(out_fd: Fd, in_fd: Fd, offset: *mut libc::off_t, count: u
         Some((st, ps)) => guarded(|| {
             // SAFETY: a non-NULL offset points at the caller's off_t (the syscall contract).
             let off = unsafe { offset.as_mut() };
+            if stack::table().get(in_fd).is_some() {
+                // Linux reads sendfile's input through the page cache: not from a socket.
+                return Err(libc::EINVAL);
+            }
             ops::sendfile(st, &ps, in_fd, off, count).map(|v| v as isize)
         }),
         // SAFETY: forwarding unchanged.
@@ -381,6 +399,34 @@ pub unsafe extern "C" fn sendfile64(
     unsafe { sendfile_any(out_fd, in_fd, offset, count) }
 }
 
+/// The provider socket at `fd`; or, for a kernel UDP socket sending to an address the
+/// interface reaches (`to`), the provider socket it is handed over to now (an unbound UDP
+/// socket's first send decides, as its implicit bind would).
+///
+/// # Safety
+/// `to` is NULL or points to `tolen` readable bytes.
+unsafe fn lookup_or_send_handover(
+    fd: Fd,
+    to: *const sockaddr,
+    tolen: socklen_t,
+) -> R<Option<(&'static Stack, Arc<ProvSock>)>> {
+    if let Some(x) = lookup(fd) {
+        return Ok(Some(x));
+    }
+    if !stack::configured() || stack::inside() || to.is_null() {
+        return Ok(None);
+    }
+    // SAFETY: checked inside; a bad address stays the kernel's to report.
+    let want = match (unsafe { sa::read(to, tolen) }, ops::kernel_socket_kind(fd)) {
+        (Ok(a), Some((false, fam))) => Some((a, fam)),
+        _ => None,
+    };
+    match want.and_then(|(a, fam)| stack::get().filter(|st| st.reaches(a)).map(|st| (st, fam))) {
+        Some((st, fam)) => ops::handover(st, fd, false, fam).map(|ps| Some((st, ps))),
+        None => Ok(None),
+    }
+}
+
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn sendto(
     fd: Fd,
@@ -391,29 +437,13 @@ pub unsafe extern "C" fn sendto(
     tolen: socklen_t,
 ) -> ssize_t {
     let real_sendto = crate::real!(sendto: fn(c_int, *const c_void, usize, c_int, *const sockaddr, socklen_t) -> ssize_t);
-    let found = match lookup(fd) {
-        Some(x) => Some(x),
-        // An unbound UDP socket sending to an address the interface reaches is the provider's.
-        None if stack::configured() && !stack::inside() && !to.is_null() => {
-            // SAFETY: checked inside.
-            let want = match (unsafe { sa::read(to, tolen) }, ops::kernel_socket_kind(fd)) {
-                (Ok(a), Some((false, fam))) => Some((a, fam)),
-                _ => None,
-            };
-            match want
-                .and_then(|(a, fam)| stack::get().filter(|st| st.reaches(a)).map(|st| (st, fam)))
-            {
-                Some((st, fam)) => match ops::handover(st, fd, false, fam) {
-                    Ok(ps) => Some((st, ps)),
-                    Err(e) => {
-                        set_errno(e);
-                        return -1;
-                    }
-                },
-                None => None,
-            }
+    // SAFETY: `to` is NULL or the caller's address of `tolen` bytes.
+    let found = match unsafe { lookup_or_send_handover(fd, to, tolen) } {
+        Ok(found) => found,
+        Err(e) => {
+            set_errno(e);
+            return -1;
         }
-        None => None,
     };
     match found {
         Some((st, ps)) => guarded(|| {
@@ -421,13 +451,21 @@ pub unsafe extern "C" fn sendto(
                 None
             } else {
                 // SAFETY: checked for NULL and length inside.
-                Some(unsafe { sa::read(to, tolen) }?)
+                Some(unsafe { sa::read_for(ps.family, to, tolen) }?)
             };
             ops::send_to(st, &ps, buf(p, n)?, dest, flags).map(|v| v as isize)
         }),
         // SAFETY: forwarding unchanged.
         None => unsafe { real_sendto(fd, p, n, flags, to, tolen) },
     }
+}
+
+/// The iovecs of a msghdr: as readv's, but more than UIO_MAXIOV is EMSGSIZE (Linux).
+fn msg_iovecs<'a>(iov: *const libc::iovec, cnt: usize) -> R<&'a [libc::iovec]> {
+    if cnt > libc::UIO_MAXIOV as usize {
+        return Err(libc::EMSGSIZE);
+    }
+    iovecs(iov, cnt)
 }
 
 /// The iovecs of a readv/writev/msghdr as slices.
@@ -530,7 +568,7 @@ pub unsafe extern "C" fn recvmsg(fd: Fd, msg: *mut msghdr, flags: c_int) -> ssiz
             }
             // SAFETY: non-NULL; the caller's msghdr.
             let m = unsafe { &mut *msg };
-            let v = iovecs(m.msg_iov, m.msg_iovlen)?;
+            let v = msg_iovecs(m.msg_iov, m.msg_iovlen)?;
             m.msg_controllen = 0;
             m.msg_flags = 0;
             if ps.dgram {
@@ -560,14 +598,29 @@ pub unsafe extern "C" fn recvmsg(fd: Fd, msg: *mut msghdr, flags: c_int) -> ssiz
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn sendmsg(fd: Fd, msg: *const msghdr, flags: c_int) -> ssize_t {
-    match lookup(fd) {
+    let to = if msg.is_null() {
+        (std::ptr::null(), 0)
+    } else {
+        // SAFETY: non-NULL; the caller's msghdr.
+        let m = unsafe { &*msg };
+        (m.msg_name as *const sockaddr, m.msg_namelen)
+    };
+    // SAFETY: the caller's name buffer of `msg_namelen` bytes (or NULL).
+    let found = match unsafe { lookup_or_send_handover(fd, to.0, to.1) } {
+        Ok(found) => found,
+        Err(e) => {
+            set_errno(e);
+            return -1;
+        }
+    };
+    match found {
         Some((st, ps)) => guarded(|| {
             if msg.is_null() {
                 return Err(libc::EFAULT);
             }
             // SAFETY: non-NULL; the caller's msghdr.
             let m = unsafe { &*msg };
-            let v = iovecs(m.msg_iov, m.msg_iovlen)?;
+            let v = msg_iovecs(m.msg_iov, m.msg_iovlen)?;
             if ps.dgram {
                 let mut data = Vec::new();
                 for x in v {
@@ -577,7 +630,9 @@ pub unsafe extern "C" fn sendmsg(fd: Fd, msg: *const msghdr, flags: c_int) -> ss
                     None
                 } else {
                     // SAFETY: the caller's name buffer of `msg_namelen` bytes.
-                    Some(unsafe { sa::read(m.msg_name as *const sockaddr, m.msg_namelen) }?)
+                    Some(unsafe {
+                        sa::read_for(ps.family, m.msg_name as *const sockaddr, m.msg_namelen)
+                    }?)
                 };
                 return ops::send_to(st, &ps, &data, dest, flags).map(|n| n as isize);
             }
@@ -597,6 +652,18 @@ pub unsafe extern "C" fn sendmmsg(
     vlen: libc::c_uint,
     flags: c_int,
 ) -> c_int {
+    let first = if vec.is_null() || vlen == 0 {
+        (std::ptr::null(), 0)
+    } else {
+        // SAFETY: non-NULL; the caller's first message.
+        let m = unsafe { &(*vec).msg_hdr };
+        (m.msg_name as *const sockaddr, m.msg_namelen)
+    };
+    // SAFETY: the caller's name buffer of `msg_namelen` bytes (or NULL).
+    if let Err(e) = unsafe { lookup_or_send_handover(fd, first.0, first.1) } {
+        set_errno(e);
+        return -1;
+    }
     if stack::table().get(fd).is_none() {
         // SAFETY: forwarding unchanged.
         return unsafe {
@@ -684,6 +751,10 @@ pub unsafe extern "C" fn shutdown(fd: Fd, how: c_int) -> c_int {
         Some((st, ps)) => guarded(|| {
             if !(0..=2).contains(&how) {
                 return Err(libc::EINVAL);
+            }
+            if how == libc::SHUT_WR && ops::listening(&st.provider, &ps) {
+                // Linux: a listener has nothing to send; SHUT_WR leaves it listening.
+                return Ok(0);
             }
             if how == libc::SHUT_RD || how == libc::SHUT_RDWR {
                 ps.read_shut.store(true, Ordering::Relaxed);
@@ -863,6 +934,7 @@ pub unsafe extern "C" fn setsockopt(
         };
     };
     guarded(|| {
+        ops::opt_level_fits(&ps, level, libc::ENOPROTOOPT)?;
         let v = buf(val, len as usize)?;
         let p = &st.provider;
         if (level, name) == (libc::SOL_SOCKET, libc::SO_LINGER) {
@@ -889,19 +961,9 @@ pub unsafe extern "C" fn setsockopt(
                     .map_err(crate::errno::from_wsa)?;
                 Ok(0)
             }
-            // Options the provider does not model (SO_REUSEPORT in one process, TCP_QUICKACK,
-            // TCP_DEFER_ACCEPT, IPV6_V6ONLY, …) are accepted and have no effect; the README lists them.
-            None if matches!(
-                level,
-                libc::SOL_SOCKET
-                    | libc::IPPROTO_TCP
-                    | libc::IPPROTO_IP
-                    | libc::IPPROTO_IPV6
-                    | libc::IPPROTO_UDP
-            ) =>
-            {
-                Ok(0)
-            }
+            // Options the provider does not model are accepted and have no effect (the README
+            // lists them); any other is ENOPROTOOPT, as Linux says for an unknown one.
+            None if ops::ignored_opt(&ps, level, name) => Ok(0),
             None => Err(libc::ENOPROTOOPT),
         }
     }) as c_int
@@ -928,7 +990,12 @@ pub unsafe extern "C" fn getsockopt(
             return Err(libc::EFAULT);
         }
         // SAFETY: non-NULL; the caller's length.
-        let room = unsafe { std::ptr::read_unaligned(len) } as usize;
+        let room = unsafe { std::ptr::read_unaligned(len) };
+        if (room as i32) < 0 {
+            return Err(libc::EINVAL);
+        }
+        let room = room as usize;
+        ops::opt_level_fits(&ps, level, libc::EOPNOTSUPP)?;
         let out = buf_mut(val, room)?;
         let p = &st.provider;
         let value: Vec<u8> = match (level, name) {
@@ -1053,7 +1120,8 @@ pub unsafe extern "C" fn fcntl64(fd: Fd, cmd: c_int, arg: c_ulong) -> c_int {
     unsafe { fcntl(fd, cmd, arg) }
 }
 
-/// ioctl: FIONBIO and FIONREAD on provider sockets; anything else is ENOTTY there.
+/// ioctl on provider sockets: FIONBIO, FIONREAD (SIOCINQ), SIOCOUTQ, SIOCATMARK (never at a
+/// mark: no urgent data is held); anything else is ENOTTY there, as Linux says.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn ioctl(fd: Fd, req: c_ulong, arg: *mut c_void) -> c_int {
     let Some((st, ps)) = lookup(fd) else {
@@ -1061,30 +1129,46 @@ pub unsafe extern "C" fn ioctl(fd: Fd, req: c_ulong, arg: *mut c_void) -> c_int 
         return unsafe { crate::real!(ioctl: fn(c_int, c_ulong, ...) -> c_int)(fd, req, arg) };
     };
     guarded(|| {
-        if arg.is_null() {
-            return Err(libc::EFAULT);
-        }
         let p = arg as *mut c_int;
+        let write = |v: u32| {
+            if p.is_null() {
+                return Err(libc::EFAULT);
+            }
+            // SAFETY: non-NULL; these requests write an int.
+            unsafe { std::ptr::write_unaligned(p, c_int::try_from(v).unwrap_or(c_int::MAX)) };
+            Ok(0)
+        };
+        let provider_ioctl = |code: u32| {
+            let mut n = 0u32;
+            st.provider
+                .wsp_ioctl(ps.sock, code, &mut n)
+                .map_err(crate::errno::from_wsa)?;
+            Ok::<u32, i32>(n)
+        };
+        let stream_listening = || !ps.dgram && ops::listening(&st.provider, &ps);
         match req {
             libc::FIONBIO => {
-                // SAFETY: FIONBIO takes an int.
+                if p.is_null() {
+                    return Err(libc::EFAULT);
+                }
+                // SAFETY: non-NULL; FIONBIO takes an int.
                 let on = unsafe { std::ptr::read_unaligned(p) } != 0;
                 set_nonblocking(st, &ps, on)?;
                 Ok(0)
             }
-            libc::FIONREAD => {
-                let mut n = 0u32;
-                st.provider
-                    .wsp_ioctl(ps.sock, provider::socket::options::FIONREAD, &mut n)
-                    .map_err(crate::errno::from_wsa)?;
-                // SAFETY: FIONREAD writes an int.
-                unsafe { std::ptr::write_unaligned(p, n as c_int) };
-                Ok(0)
-            }
+            // Linux: a listener has no queues to measure.
+            libc::FIONREAD | libc::TIOCOUTQ if stream_listening() => Err(libc::EINVAL),
+            libc::FIONREAD => write(provider_ioctl(provider::socket::options::FIONREAD)?),
+            libc::TIOCOUTQ if ps.dgram => write(0),
+            libc::TIOCOUTQ => write(provider_ioctl(provider::socket::options::SIOCOUTQ)?),
+            SIOCATMARK if !ps.dgram => write(0),
             _ => Err(libc::ENOTTY),
         }
     }) as c_int
 }
+
+/// `SIOCATMARK` (linux/sockios.h; the libc crate lacks it).
+const SIOCATMARK: c_ulong = 0x8905;
 
 // ------------------------------------------------------------------ poll / select
 
@@ -1113,6 +1197,7 @@ fn poll_mixed(
     sigmask: *const libc::sigset_t,
 ) -> R<usize> {
     let real_ppoll = crate::real!(ppoll: fn(*mut pollfd, libc::nfds_t, *const libc::timespec, *const libc::sigset_t) -> c_int);
+    let _pass = crate::drive::wait_pass();
     let provs: Vec<(usize, Arc<ProvSock>)> = fds
         .iter()
         .enumerate()
@@ -1224,6 +1309,7 @@ fn poll_mixed(
 
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn poll(fds: *mut pollfd, n: libc::nfds_t, timeout: c_int) -> c_int {
+    crate::drive::release_kicks();
     let real_poll = crate::real!(poll: fn(*mut pollfd, libc::nfds_t, c_int) -> c_int);
     if stack::table().is_empty() || n == 0 || fds.is_null() {
         // SAFETY: forwarding unchanged.
@@ -1282,6 +1368,7 @@ pub unsafe extern "C" fn ppoll(
     sigmask: *const libc::sigset_t,
 ) -> c_int {
     let real_ppoll = crate::real!(ppoll: fn(*mut pollfd, libc::nfds_t, *const libc::timespec, *const libc::sigset_t) -> c_int);
+    crate::drive::release_kicks();
     if stack::table().is_empty() || n == 0 || fds.is_null() {
         // SAFETY: forwarding unchanged.
         return unsafe { real_ppoll(fds, n, tmo, sigmask) };
@@ -1319,9 +1406,22 @@ pub unsafe extern "C" fn select(
             Duration::from_secs(t.tv_sec as u64) + Duration::from_micros(t.tv_usec as u64),
         ))
     };
+    let start = Instant::now();
     // SAFETY: the caller's select arguments, checked by `select_mixed`.
     match unsafe { select_mixed(nfds, r, w, e, timeout, std::ptr::null()) } {
-        Some(n) => n,
+        Some(n) => {
+            if !tv.is_null() && (n >= 0 || real::errno() == libc::EINTR) {
+                // Linux's select writes back the time it did not sleep (pselect does not).
+                // SAFETY: non-NULL; the caller's timeval, read above.
+                let t = unsafe { &mut *tv };
+                let given = Duration::from_secs(t.tv_sec.max(0) as u64)
+                    + Duration::from_micros(t.tv_usec.max(0) as u64);
+                let left = given.saturating_sub(start.elapsed());
+                t.tv_sec = left.as_secs() as libc::time_t;
+                t.tv_usec = libc::suseconds_t::from(left.subsec_micros() as i32);
+            }
+            n
+        }
         // SAFETY: forwarding unchanged.
         None => unsafe {
             crate::real!(select: fn(c_int, *mut libc::fd_set, *mut libc::fd_set, *mut libc::fd_set, *mut libc::timeval) -> c_int)(
@@ -1364,6 +1464,7 @@ unsafe fn select_mixed(
     timeout: impl FnOnce() -> R<Option<Duration>>,
     sigmask: *const libc::sigset_t,
 ) -> Option<c_int> {
+    crate::drive::release_kicks();
     if stack::table().is_empty() || !(0..=libc::FD_SETSIZE as c_int).contains(&nfds) {
         return None;
     }
@@ -1470,6 +1571,7 @@ fn epoll_wait_common(
     timeout: R<Option<Duration>>,
     sigmask: *const libc::sigset_t,
 ) -> Option<c_int> {
+    crate::drive::release_kicks();
     if !crate::epoll::any() {
         return None;
     }

@@ -14,13 +14,19 @@
 //!   (a busy server still gets its ACKs and retransmissions), and otherwise only backs the
 //!   waiters' timer runs up, looking every `BACKGROUND_RECHECK_MS`.
 //!
+//!
+//! Between two waits an application thread holds its TX kicks (`TxKicker::hold`): an event
+//! loop answering k ready connections then costs one kick, paid as it enters its next wait,
+//! instead of k. Any call that may sleep elsewhere (a blocking provider call, a wait on kernel
+//! descriptors only, fork) releases first; the background thread backs the rest up.
+//!
 //! `PROVIDER_DRIVE=threads` keeps the engine's own queue threads instead.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Mutex, OnceLock, PoisonError, TryLockError};
 use std::time::Instant;
 
-use provider::engine::{Driver, Progress};
+use provider::engine::{Driver, Progress, TxKicker};
 
 pub struct Drive {
     driver: Mutex<Driver>,
@@ -29,6 +35,10 @@ pub struct Drive {
     xsks: usize,
     /// Application threads now asleep with the AF_XDP descriptors in their set.
     app_waiters: AtomicU32,
+    kicker: TxKicker,
+    /// Application threads holding their TX kicks: the background thread then looks every
+    /// `BACKGROUND_RECHECK_MS` for frames a holder left behind when it went to sleep elsewhere.
+    holders: AtomicU32,
 }
 
 /// While application threads wait on the AF_XDP descriptors, the background thread looks at
@@ -46,11 +56,14 @@ pub fn install(driver: Driver) {
         driver.fds().map(|f| f.as_raw_fd()).collect()
     };
     let xsks = driver.socket_count();
+    let kicker = driver.tx_kicker();
     let d: &'static Drive = Box::leak(Box::new(Drive {
         driver: Mutex::new(driver),
         fds,
         xsks,
         app_waiters: AtomicU32::new(0),
+        kicker,
+        holders: AtomicU32::new(0),
     }));
     if DRIVE.set(d).is_err() {
         return;
@@ -99,6 +112,12 @@ fn background(d: &'static Drive) {
             g.clear_wake();
             run(&mut g)
         };
+        // Frames an application thread held back and then did not push out (it went to sleep
+        // in a call that does not release).
+        let holders = d.holders.load(Ordering::Acquire) > 0;
+        if holders {
+            d.kicker.kick_pending();
+        }
         // With application waiters, they receive, and their every pass runs the due timers
         // too; this thread then only makes sure of the timers, at their time or within
         // BACKGROUND_RECHECK_MS of a timer armed since (waking for each armed timer would cost
@@ -115,6 +134,8 @@ fn background(d: &'static Drive) {
             })
             .collect();
         let timeout = match idle_ms(until) {
+            -1 if holders => BACKGROUND_RECHECK_MS,
+            t if watch && holders => t.min(BACKGROUND_RECHECK_MS),
             t if watch => t,
             -1 => BACKGROUND_RECHECK_MS,
             t => t.min(BACKGROUND_RECHECK_MS),
@@ -144,10 +165,47 @@ impl Drive {
         &self.fds[..self.xsks]
     }
 
+    fn release_kicks(&self) {
+        if self.kicker.holding() {
+            self.holders.fetch_sub(1, Ordering::AcqRel);
+            self.kicker.release();
+        }
+    }
+
     /// An application thread goes to sleep with the AF_XDP descriptors in its set.
     pub fn waiting(&self) -> Waiting<'_> {
         self.app_waiters.fetch_add(1, Ordering::AcqRel);
         Waiting(self)
+    }
+}
+
+/// This thread is about to sleep or block: push out the TX frames it held back.
+pub fn release_kicks() {
+    if let Some(d) = get() {
+        d.release_kicks();
+    }
+}
+
+/// Held across an application wait on provider sockets: entering releases the thread's held
+/// kicks, leaving (back to the application's event handling) holds them again.
+pub struct WaitPass(Option<&'static Drive>);
+
+pub fn wait_pass() -> WaitPass {
+    let d = get();
+    if let Some(d) = d {
+        d.release_kicks();
+    }
+    WaitPass(d)
+}
+
+impl Drop for WaitPass {
+    fn drop(&mut self) {
+        if let Some(d) = self.0
+            && !d.kicker.holding()
+        {
+            d.holders.fetch_add(1, Ordering::AcqRel);
+            d.kicker.hold();
+        }
     }
 }
 

@@ -197,6 +197,10 @@ pub fn ctl(epfd: i32, op: i32, fd: i32, ps: Arc<ProvSock>, ev: Option<epoll_even
         libc::EPOLL_CTL_MOD => {
             let ev = ev.ok_or(libc::EFAULT)?;
             let e = s.entries.get_mut(&fd).ok_or(libc::ENOENT)?;
+            // Linux: an exclusive registration cannot be modified, nor one made exclusive.
+            if (ev.events | e.events) & libc::EPOLLEXCLUSIVE as u32 != 0 {
+                return Err(libc::EINVAL);
+            }
             e.events = ev.events;
             e.data = ev.u64;
             e.reported_gen = None;
@@ -251,6 +255,7 @@ pub fn wait(
     }
     let drive = crate::drive::get();
     let st = stack::get()?;
+    let _pass = crate::drive::wait_pass();
     let pwait = crate::real!(epoll_pwait: fn(i32, *mut epoll_event, i32, i32, *const libc::sigset_t) -> i32);
     let deadline = timeout.map(|t| Instant::now() + t);
     let mut kernel = vec![epoll_event { events: 0, u64: 0 }; out.len()];

@@ -14,6 +14,7 @@ pub mod calls;
 mod drive;
 mod epoll;
 mod errno;
+mod fdcalls;
 pub mod fdtable;
 mod ops;
 pub mod process;

@@ -244,7 +244,15 @@ pub fn readiness(p: &Provider, ps: &ProvSock) -> (u64, Readiness) {
 
 pub fn recv(st: &Stack, ps: &ProvSock, buf: &mut [u8], flags: i32) -> R<usize> {
     let p = &st.provider;
-    if flags & libc::MSG_PEEK != 0 || flags & libc::MSG_OOB != 0 {
+    if flags & libc::MSG_ERRQUEUE != 0 {
+        // The provider queues no errors (no IP_RECVERR): Linux's answer for an empty queue.
+        return Err(libc::EAGAIN);
+    }
+    if flags & libc::MSG_OOB != 0 && !ps.dgram {
+        // No urgent byte is ever held out of band: Linux's answer when there is none.
+        return Err(libc::EINVAL);
+    }
+    if flags & libc::MSG_OOB != 0 {
         return Err(libc::EOPNOTSUPP);
     }
     if ps.read_shut.load(Ordering::Relaxed) {
@@ -254,8 +262,15 @@ pub fn recv(st: &Stack, ps: &ProvSock, buf: &mut [u8], flags: i32) -> R<usize> {
     if flags & libc::MSG_DONTWAIT != 0 && blocking && !readiness(p, ps).1.readable {
         return Err(libc::EAGAIN);
     }
+    if blocking {
+        crate::drive::release_kicks();
+    }
     if ps.dgram {
         return recv_from(st, ps, buf, flags).map(|(n, _, _)| n);
+    }
+    if flags & libc::MSG_PEEK != 0 {
+        // MSG_PEEK|MSG_WAITALL peeks what is there (Linux would wait for all of it).
+        return p.wsp_recv_peek(ps.sock, buf).map_err(from_wsa);
     }
     let waitall = flags & libc::MSG_WAITALL != 0 && blocking && flags & libc::MSG_DONTWAIT == 0;
     let mut got = 0;
@@ -288,14 +303,27 @@ pub fn recv_from(
         let peer = w(p.wsp_get_peer_name(ps.sock))?;
         return Ok((n, peer, n));
     }
+    if flags & libc::MSG_ERRQUEUE != 0 {
+        return Err(libc::EAGAIN);
+    }
+    if flags & libc::MSG_OOB != 0 {
+        return Err(libc::EOPNOTSUPP);
+    }
     if flags & libc::MSG_DONTWAIT != 0
         && !ps.nonblocking.load(Ordering::Relaxed)
         && !readiness(p, ps).1.readable
     {
         return Err(libc::EAGAIN);
     }
+    if !ps.nonblocking.load(Ordering::Relaxed) {
+        crate::drive::release_kicks();
+    }
     // Linux truncates silently (MSG_TRUNC in recvmsg), where Winsock says WSAEMSGSIZE.
-    let m = w(p.wsp_recv_msg(ps.sock, buf))?;
+    let m = if flags & libc::MSG_PEEK != 0 {
+        w(p.wsp_recv_msg_peek(ps.sock, buf))?
+    } else {
+        w(p.wsp_recv_msg(ps.sock, buf))?
+    };
     Ok((m.len, m.from, m.datagram_len))
 }
 
@@ -321,6 +349,9 @@ pub fn send(st: &Stack, ps: &ProvSock, buf: &[u8], flags: i32) -> R<usize> {
     if flags & libc::MSG_DONTWAIT != 0 && blocking && !readiness(p, ps).1.writable {
         return Err(libc::EAGAIN);
     }
+    if blocking {
+        crate::drive::release_kicks();
+    }
     let mut sent = 0;
     loop {
         match p.wsp_send(ps.sock, &buf[sent..]) {
@@ -336,6 +367,10 @@ pub fn send(st: &Stack, ps: &ProvSock, buf: &[u8], flags: i32) -> R<usize> {
                 return Ok(sent);
             }
             Err(WsaError::WSAECONNRESET) => return Err(libc::ECONNRESET),
+            // Linux: a listener "can no longer send" (EPIPE and SIGPIPE).
+            Err(WsaError::WSAENOTCONN) if listening(p, ps) => {
+                return Err(pipe(flags, libc::EPIPE));
+            }
             Err(e) => return Err(pipe(flags, from_wsa(e))),
         }
     }
@@ -349,6 +384,8 @@ pub fn send_to(
     flags: i32,
 ) -> R<usize> {
     match (ps.dgram, to) {
+        // Linux refuses port 0 before routing (Winsock says WSAEADDRNOTAVAIL).
+        (true, Some(to)) if to.port() == 0 => Err(libc::EINVAL),
         (true, Some(to)) => w(st.provider.wsp_send_to(ps.sock, buf, to)),
         (true, None) => Err(libc::EDESTADDRREQ),
         // Linux ignores the address on a connected stream socket.
@@ -360,6 +397,10 @@ pub fn send_to(
 pub fn close(st: &Stack, ps: &ProvSock) -> R<bool> {
     let p = &st.provider;
     let (on, secs) = provider_linger(p, ps);
+    if on && secs > 0 {
+        // A linger close waits for the peer's ACK of frames this thread may hold back.
+        crate::drive::release_kicks();
+    }
     if on
         && secs > 0
         && ps.nonblocking.load(Ordering::Relaxed)
@@ -376,6 +417,96 @@ pub fn close(st: &Stack, ps: &ProvSock) -> R<bool> {
     }
 }
 
+/// An option level the socket has (TCP options on a UDP socket, IPv6 ones on an IPv4 socket
+/// and the like fail with `e`, as Linux's setsockopt says ENOPROTOOPT and its getsockopt on
+/// a UDP socket EOPNOTSUPP for a TCP option).
+pub fn opt_level_fits(ps: &ProvSock, level: i32, e: i32) -> R<()> {
+    let fits = match level {
+        libc::IPPROTO_TCP => !ps.dgram,
+        libc::IPPROTO_UDP => ps.dgram,
+        libc::IPPROTO_IPV6 => ps.family == libc::AF_INET6,
+        _ => true,
+    };
+    if fits {
+        Ok(())
+    } else if level == libc::IPPROTO_TCP {
+        Err(e)
+    } else {
+        Err(libc::ENOPROTOOPT)
+    }
+}
+
+/// Linux options the provider accepts and does not act on (listed in the README).
+pub fn ignored_opt(ps: &ProvSock, level: i32, name: i32) -> bool {
+    match level {
+        libc::SOL_SOCKET => matches!(
+            name,
+            libc::SO_REUSEPORT
+                | libc::SO_BROADCAST
+                | libc::SO_PRIORITY
+                | libc::SO_RCVLOWAT
+                | libc::SO_SNDLOWAT
+                | libc::SO_RCVTIMEO
+                | libc::SO_SNDTIMEO
+                | libc::SO_OOBINLINE
+                | libc::SO_TIMESTAMP
+                | libc::SO_MARK
+                | libc::SO_BUSY_POLL
+                | libc::SO_INCOMING_CPU
+                | libc::SO_ZEROCOPY
+        ),
+        libc::IPPROTO_TCP => matches!(
+            name,
+            libc::TCP_QUICKACK
+                | libc::TCP_DEFER_ACCEPT
+                | libc::TCP_KEEPIDLE
+                | libc::TCP_KEEPINTVL
+                | libc::TCP_KEEPCNT
+                | libc::TCP_FASTOPEN
+                | libc::TCP_USER_TIMEOUT
+                | libc::TCP_MAXSEG
+                | libc::TCP_CONGESTION
+                | libc::TCP_NOTSENT_LOWAT
+                | libc::TCP_LINGER2
+                | libc::TCP_SYNCNT
+                | libc::TCP_WINDOW_CLAMP
+        ),
+        libc::IPPROTO_IP => matches!(
+            name,
+            libc::IP_TOS
+                | libc::IP_TTL
+                | libc::IP_RECVERR
+                | libc::IP_PKTINFO
+                | libc::IP_MTU_DISCOVER
+                | libc::IP_FREEBIND
+                | libc::IP_TRANSPARENT
+                | libc::IP_BIND_ADDRESS_NO_PORT
+                | libc::IP_RECVTOS
+        ),
+        libc::IPPROTO_IPV6 => {
+            ps.family == libc::AF_INET6
+                && matches!(
+                    name,
+                    libc::IPV6_V6ONLY
+                        | libc::IPV6_TCLASS
+                        | libc::IPV6_UNICAST_HOPS
+                        | libc::IPV6_RECVPKTINFO
+                        | libc::IPV6_RECVERR
+                        | libc::IPV6_MTU_DISCOVER
+                )
+        }
+        libc::IPPROTO_UDP => matches!(name, libc::UDP_SEGMENT | libc::UDP_GRO),
+        _ => false,
+    }
+}
+
+/// Whether a provider stream socket listens (SO_ACCEPTCONN).
+pub fn listening(p: &Provider, ps: &ProvSock) -> bool {
+    let mut b = [0u8; 4];
+    p.wsp_get_sock_opt(ps.sock, wo::SOL_SOCKET, wo::SO_ACCEPTCONN, &mut b)
+        .is_ok_and(|_| i32::from_ne_bytes(b) != 0)
+}
+
 /// A Linux socket option as the provider's (level, name), or None if the provider does not
 /// keep it.
 pub fn provider_opt(level: i32, name: i32) -> Option<(i32, i32)> {
@@ -385,6 +516,7 @@ pub fn provider_opt(level: i32, name: i32) -> Option<(i32, i32)> {
         (libc::SOL_SOCKET, libc::SO_SNDBUF) => Some((wo::SOL_SOCKET, wo::SO_SNDBUF)),
         (libc::SOL_SOCKET, libc::SO_RCVBUF) => Some((wo::SOL_SOCKET, wo::SO_RCVBUF)),
         (libc::SOL_SOCKET, libc::SO_ERROR) => Some((wo::SOL_SOCKET, wo::SO_ERROR)),
+        (libc::SOL_SOCKET, libc::SO_ACCEPTCONN) => Some((wo::SOL_SOCKET, wo::SO_ACCEPTCONN)),
         (libc::IPPROTO_TCP, libc::TCP_NODELAY) => Some((wo::IPPROTO_TCP, wo::TCP_NODELAY)),
         (libc::IPPROTO_TCP, libc::TCP_CORK) => Some((wo::IPPROTO_TCP, wo::TCP_CORK)),
         _ => None,

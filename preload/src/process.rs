@@ -186,6 +186,8 @@ fn own_doorbell(fd: i32, ps: Arc<ProvSock>) -> Arc<ProvSock> {
 /// As fork(2).
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn fork() -> libc::pid_t {
+    // The child must not inherit this thread's held kicks (nor its count).
+    crate::drive::release_kicks();
     let real_fork = crate::real!(fork: fn() -> libc::pid_t);
     let Some(st) = stack::running() else {
         // SAFETY: forwarding.

@@ -46,6 +46,38 @@ pub unsafe fn read(addr: *const libc::sockaddr, len: libc::socklen_t) -> Result<
     }
 }
 
+/// The address at `addr` for a socket of `family`, with Linux's checks in Linux's order: EFAULT
+/// for NULL, EINVAL for a length short of the socket's own sockaddr, EAFNOSUPPORT for an
+/// address of another family.
+///
+/// # Safety
+/// As [`read`].
+pub unsafe fn read_for(
+    family: i32,
+    addr: *const libc::sockaddr,
+    len: libc::socklen_t,
+) -> Result<SocketAddr, i32> {
+    if addr.is_null() {
+        return Err(libc::EFAULT);
+    }
+    let least = if family == libc::AF_INET6 {
+        // SIN6_LEN_RFC2133: the sockaddr_in6 without its scope id.
+        24
+    } else {
+        std::mem::size_of::<libc::sockaddr_in>()
+    };
+    if (len as usize) < least {
+        return Err(libc::EINVAL);
+    }
+    // SAFETY: `len` covers the family field (checked above).
+    let got = unsafe { std::ptr::read_unaligned(addr as *const libc::sa_family_t) };
+    if i32::from(got) != family {
+        return Err(libc::EAFNOSUPPORT);
+    }
+    // SAFETY: as the caller promised.
+    unsafe { read(addr, len) }
+}
+
 /// Write `a` to `addr` / `*len` as accept/getsockname/recvfrom do: truncated to the caller's
 /// length, `*len` set to the full size. NULL `addr` (with NULL `len`) writes nothing.
 ///

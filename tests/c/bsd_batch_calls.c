@@ -2,7 +2,9 @@
  * ppoll, pselect, epoll_pwait2, recvmmsg, sendmmsg, sendfile — and their misuse errnos.
  * Accepts one connection; waits for "ping" with each readiness call in turn; answers with two
  * messages in one sendmmsg ("po", "ng"); reads "file?" with recvmmsg; sends a file with
- * sendfile; closes.  usage: bsd_batch_calls PORT FILE */
+ * sendfile; closes. Then an unbound UDP socket sends two datagrams with one sendmmsg to the
+ * peer's UDP echo (198.18.0.2), says which file backs it, peeks at the first echo and takes
+ * both with recvmmsg.  usage: bsd_batch_calls PORT FILE UDP_ECHO_PORT */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
@@ -45,8 +47,8 @@ static void read_exact(int c, char *buf, size_t n) {
 }
 
 int main(int argc, char **argv) {
-    if (argc != 3) {
-        fprintf(stderr, "usage: %s PORT FILE\n", argv[0]);
+    if (argc != 4) {
+        fprintf(stderr, "usage: %s PORT FILE UDP_ECHO_PORT\n", argv[0]);
         return 2;
     }
     int l = socket(AF_INET, SOCK_STREAM, 0);
@@ -141,6 +143,52 @@ int main(int argc, char **argv) {
     }
     if (lseek(file, 0, SEEK_CUR) != 0) die("sendfile with an offset moved the file position");
     close(file);
+
+    /* An unbound UDP socket: its first sendmmsg (to the peer's echo) decides whose it is. */
+    int u = socket(AF_INET, SOCK_DGRAM, 0);
+    if (u < 0) die("socket udp");
+    struct sockaddr_in echo = {0};
+    echo.sin_family = AF_INET;
+    echo.sin_port = htons((unsigned short)atoi(argv[3]));
+    inet_pton(AF_INET, "198.18.0.2", &echo.sin_addr);
+    struct iovec uiov[2] = {{.iov_base = "u1", .iov_len = 2}, {.iov_base = "u2", .iov_len = 2}};
+    struct mmsghdr um[2];
+    memset(um, 0, sizeof um);
+    for (int i = 0; i < 2; i++) {
+        um[i].msg_hdr.msg_name = &echo;
+        um[i].msg_hdr.msg_namelen = sizeof echo;
+        um[i].msg_hdr.msg_iov = &uiov[i];
+        um[i].msg_hdr.msg_iovlen = 1;
+    }
+    if (sendmmsg(u, um, 2, 0) != 2) die("sendmmsg udp");
+    /* Which file backs the descriptor: a kernel socket, or the provider's doorbell eventfd. */
+    char link[64], target[64] = {0};
+    snprintf(link, sizeof link, "/proc/self/fd/%d", u);
+    if (readlink(link, target, sizeof target - 1) < 0) die("readlink");
+    printf("udp backing %s\n", strncmp(target, "socket:", 7) == 0 ? "socket" : target);
+    /* MSG_PEEK leaves the first echo queued; recvmmsg then takes both. */
+    struct pollfd upfd = {.fd = u, .events = POLLIN};
+    if (poll(&upfd, 1, 10000) != 1) die("no echo");
+    char peek[8] = {0};
+    if (recv(u, peek, sizeof peek, MSG_PEEK) != 2 || memcmp(peek, "u1", 2) != 0) die("MSG_PEEK udp");
+    char ub[2][8];
+    struct iovec riv[2] = {{.iov_base = ub[0], .iov_len = 8}, {.iov_base = ub[1], .iov_len = 8}};
+    struct mmsghdr urm[2];
+    memset(urm, 0, sizeof urm);
+    for (int i = 0; i < 2; i++) {
+        urm[i].msg_hdr.msg_iov = &riv[i];
+        urm[i].msg_hdr.msg_iovlen = 1;
+    }
+    int ugot = 0;
+    while (ugot < 2) {
+        if (poll(&upfd, 1, 10000) != 1) die("no second echo");
+        int r = recvmmsg(u, urm + ugot, (unsigned)(2 - ugot), MSG_DONTWAIT, NULL);
+        if (r < 0) die("recvmmsg udp");
+        ugot += r;
+    }
+    if (urm[0].msg_len != 2 || memcmp(ub[0], "u1", 2) != 0 || urm[1].msg_len != 2 || memcmp(ub[1], "u2", 2) != 0)
+        die("udp echoes");
+    close(u);
     if (close(c) < 0) die("close");
     close(ep);
     close(l);

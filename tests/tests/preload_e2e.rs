@@ -6,7 +6,10 @@
 //!   provider header): poll, read/write, fcntl, SO_LINGER {1,0}, misuse errnos, one RST — and
 //!   the same program first on the kernel's sockets, so the errnos it checks are Linux's;
 //! * socat (`TCP-LISTEN … PIPE`): an echo through select/poll over a mixed set (its pipe and the
-//!   provider socket).
+//!   provider socket);
+//! * `tests/c/bsd_misuse.c`: every interposed call misused (bad descriptors, NULL pointers,
+//!   lengths, flags, families, states); its output under the preload must equal its output on
+//!   the kernel's sockets line for line, and the data queued before is still there after.
 //!
 //! Each checks the program really ran on the provider (the preload's start-up line, and the
 //! provider namespace's kernel TCP never saw the port). Needs root, gcc, python3, socat; run by
@@ -23,7 +26,7 @@ mod preload_app;
 use etherparse::{SlicedPacket, TransportSlice};
 use preload_app::{App, kernel_has_no_socket_on, pattern, peer_run, target_dir};
 use provider_tests::{Capture, in_peer};
-use xtask::lab::{Lab, LabConfig, PROVIDER_V4};
+use xtask::lab::{Lab, LabConfig, PEER_V4, PROVIDER_V4};
 
 /// RST segments sent from `port` on the provider side.
 fn rsts_from(frames: &[provider_tests::Frame], port: u16) -> usize {
@@ -448,9 +451,10 @@ fn c_program_with_ppoll_pselect_epoll_pwait2_mmsg_and_sendfile() {
     let f = file.to_str().unwrap().to_string();
     let lab = Lab::up(&LabConfig::default()).expect("lab up");
     // The reference run on the kernel's sockets: the errnos it checks are Linux's.
+    let echo = udp_echo(&lab, PORT + 11, 2);
     let mut reference = lab
         .provider_cmd(&exe)
-        .args([&(PORT + 10).to_string(), &f])
+        .args([&(PORT + 10).to_string(), &f, &(PORT + 11).to_string()])
         .stdout(Stdio::piped())
         .spawn()
         .expect("spawn the reference run");
@@ -463,13 +467,126 @@ fn c_program_with_ppoll_pselect_epoll_pwait2_mmsg_and_sendfile() {
         "the program fails on the kernel: {first}"
     );
     batch_calls_client(&lab, PORT + 10, body.clone());
+    let rest: Vec<String> = out.lines().map_while(Result::ok).collect();
     let st = reference.wait().expect("wait reference");
-    assert!(st.success(), "the program fails on the kernel: {st}");
+    assert!(
+        st.success(),
+        "the program fails on the kernel: {st} {rest:?}"
+    );
+    assert!(rest.iter().any(|l| l == "udp backing socket"), "{rest:?}");
+    echo.join().expect("echo");
 
-    let app = App::start(&lab, &[exe.to_str().unwrap(), &PORT.to_string(), &f]);
+    let echo = udp_echo(&lab, PORT + 1, 2);
+    let app = App::start(
+        &lab,
+        &[
+            exe.to_str().unwrap(),
+            &PORT.to_string(),
+            &f,
+            &(PORT + 1).to_string(),
+        ],
+    );
     app.expect_started("ready");
     kernel_has_no_socket_on(&lab, PORT);
     batch_calls_client(&lab, PORT, body);
+    // The unbound UDP socket's first sendmmsg handed it to the provider: its descriptor is the
+    // doorbell eventfd now.
+    app.expect("udp backing anon_inode:[eventfd]");
     app.expect("done");
     app.wait_success();
+    echo.join().expect("echo");
+}
+
+/// A UDP echo in the peer namespace on `port`: sends each of `n` datagrams back.
+fn udp_echo(lab: &Lab, port: u16, n: usize) -> thread::JoinHandle<()> {
+    let ns = lab.peer_ns_path();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let h = thread::spawn(move || {
+        let _in_peer = xtask::lab::NsGuard::enter(&ns).expect("enter the peer namespace");
+        let s = std::net::UdpSocket::bind(SocketAddr::from((PEER_V4, port))).expect("bind echo");
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        ready_tx.send(()).unwrap();
+        let mut b = [0u8; 64];
+        for _ in 0..n {
+            let (len, from) = s.recv_from(&mut b).expect("a datagram to echo");
+            s.send_to(&b[..len], from).expect("echo");
+        }
+    });
+    ready_rx.recv().expect("echo bound");
+    h
+}
+
+/// The peer side of `bsd_misuse.c`: connect, "hello", then read until the program's "bye".
+fn misuse_client(lab: &Lab, port: u16) -> thread::JoinHandle<Vec<u8>> {
+    let ns = lab.peer_ns_path();
+    thread::spawn(move || {
+        let _in_peer = xtask::lab::NsGuard::enter(&ns).expect("enter the peer namespace");
+        let mut s = TcpStream::connect(SocketAddr::from((PROVIDER_V4, port))).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        s.write_all(b"hello").unwrap();
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        got
+    })
+}
+
+/// The program's case lines ("NAME: r=R errno=E …", "data: …"), in order.
+fn case_lines(lines: &[String]) -> Vec<String> {
+    lines
+        .iter()
+        .filter(|l| l.contains(" errno=") || l.starts_with("data:"))
+        .cloned()
+        .collect()
+}
+
+#[test]
+#[ignore = "needs root (namespace lab) and gcc; run by `cargo xtask test`"]
+fn every_interposed_call_misused_gives_the_kernels_errno() {
+    const PORT: u16 = 7480;
+    let exe = build_c("bsd_misuse.c", "bsd-misuse");
+    let lab = Lab::up(&LabConfig::default()).expect("lab up");
+    // The oracle: the same program on the kernel's sockets.
+    let mut reference = lab
+        .provider_cmd(&exe)
+        .arg((PORT + 10).to_string())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn the reference run");
+    let out = BufReader::new(reference.stdout.take().unwrap());
+    let mut lines = out.lines().map_while(Result::ok);
+    assert_eq!(lines.next().as_deref(), Some("ready"), "reference start");
+    let client = misuse_client(&lab, PORT + 10);
+    let kernel: Vec<String> = lines.take_while(|l| l != "done").collect();
+    assert_eq!(client.join().expect("client"), b"bye\n", "reference client");
+    let st = reference.wait().expect("wait reference");
+    assert!(st.success(), "the program fails on the kernel: {st}");
+    let kernel = case_lines(&kernel);
+    assert!(
+        kernel.len() >= 80,
+        "the program ran only {} cases on the kernel",
+        kernel.len()
+    );
+
+    let app = App::start(&lab, &[exe.to_str().unwrap(), &PORT.to_string()]);
+    app.expect_started("ready");
+    kernel_has_no_socket_on(&lab, PORT);
+    let client = misuse_client(&lab, PORT);
+    let provider = case_lines(&app.expect("done"));
+    assert_eq!(client.join().expect("client"), b"bye\n", "provider client");
+    app.wait_success();
+    let differ: Vec<String> = kernel
+        .iter()
+        .zip(&provider)
+        .filter(|(k, p)| k != p)
+        .map(|(k, p)| format!("kernel   {k}\nprovider {p}"))
+        .collect();
+    assert!(
+        differ.is_empty() && kernel.len() == provider.len(),
+        "{} of {} cases differ ({} lines on the kernel, {} on the provider):\n{}",
+        differ.len(),
+        kernel.len(),
+        kernel.len(),
+        provider.len(),
+        differ.join("\n")
+    );
 }

@@ -460,10 +460,23 @@ impl Provider {
     /// caller (the C ABI) can still fill in the sender of a truncated datagram.
     /// On a stream socket this is `wsp_recv`, and the sender is the peer.
     pub fn wsp_recv_msg(&self, s: Socket, buf: &mut [u8]) -> WspResult<RecvMeta> {
+        self.recv_msg(s, buf, false)
+    }
+
+    /// `wsp_recv_msg` with MSG_PEEK: the datagram (or stream data) stays queued.
+    pub fn wsp_recv_msg_peek(&self, s: Socket, buf: &mut [u8]) -> WspResult<RecvMeta> {
+        self.recv_msg(s, buf, true)
+    }
+
+    fn recv_msg(&self, s: Socket, buf: &mut [u8], peek: bool) -> WspResult<RecvMeta> {
         let e = self.table.get(s)?;
         if e.kind == SocketKind::Stream {
             let from = self.wsp_get_peer_name(s)?;
-            let len = self.wsp_recv(s, buf)?;
+            let len = if peek {
+                self.wsp_recv_peek(s, buf)?
+            } else {
+                self.wsp_recv(s, buf)?
+            };
             return Ok(RecvMeta {
                 len,
                 from,
@@ -476,6 +489,15 @@ impl Provider {
         }
         let epoch = st.interrupts;
         loop {
+            if peek && let Some(d) = st.udp()?.queue.front() {
+                let len = d.payload.len().min(buf.len());
+                buf[..len].copy_from_slice(&d.payload[..len]);
+                return Ok(RecvMeta {
+                    len,
+                    from: d.from,
+                    datagram_len: d.payload.len(),
+                });
+            }
             if let Some(d) = st.udp()?.queue.pop() {
                 let queued = st.udp()?.queue.front_len().is_some();
                 self.async_udp_after_recv(e.id, queued);
@@ -561,6 +583,10 @@ impl Provider {
                 };
                 *arg = u32::try_from(n).unwrap_or(u32::MAX);
             }
+            crate::socket::options::SIOCOUTQ if e.kind == SocketKind::Stream => {
+                let n = self.stream_unacked(&mut st)?;
+                *arg = u32::try_from(n).unwrap_or(u32::MAX);
+            }
             _ => return Err(WsaError::WSAEINVAL),
         }
         Ok(())
@@ -600,6 +626,15 @@ impl Provider {
             && let Some(err) = self.stream_error(&mut st)
         {
             st.options.error = err.code();
+        }
+        if level == crate::socket::options::SOL_SOCKET
+            && name == crate::socket::options::SO_ACCEPTCONN
+        {
+            let listening = e.kind == SocketKind::Stream && self.stream_listening(&mut st);
+            let v = i32::from(listening).to_ne_bytes();
+            let out = optval.get_mut(..4).ok_or(WsaError::WSAEFAULT)?;
+            out.copy_from_slice(&v);
+            return Ok(4);
         }
         st.options.get(e.kind, level, name, optval)
     }

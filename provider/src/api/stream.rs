@@ -1098,6 +1098,15 @@ impl Provider {
     /// WSPRecv. `Ok(0)` is the peer's graceful close; after a reset, queued data is returned
     /// first, then WSAECONNRESET.
     pub fn wsp_recv(&self, s: Socket, buf: &mut [u8]) -> WspResult<usize> {
+        self.stream_recv(s, buf, false)
+    }
+
+    /// WSPRecv with MSG_PEEK: as `wsp_recv`, but the data stays queued for the next receive.
+    pub fn wsp_recv_peek(&self, s: Socket, buf: &mut [u8]) -> WspResult<usize> {
+        self.stream_recv(s, buf, true)
+    }
+
+    fn stream_recv(&self, s: Socket, buf: &mut [u8], peek: bool) -> WspResult<usize> {
         let e = self.table.get(s)?;
         if e.kind != SocketKind::Stream {
             return Err(WsaError::WSAEOPNOTSUPP);
@@ -1119,7 +1128,11 @@ impl Provider {
                 return Ok(0);
             }
             let r = self.with_conn(id, |inner, now| {
-                let r = inner.engine.recv(now, id, buf);
+                let r = if peek {
+                    inner.engine.peek(now, id, buf)
+                } else {
+                    inner.engine.recv(now, id, buf)
+                };
                 self.async_tcp_after_recv(inner, e.id, id);
                 r
             });
@@ -1203,6 +1216,20 @@ impl Provider {
             }
             _ => Ok(0),
         }
+    }
+
+    /// Data bytes of a connection not yet acknowledged (SIOCOUTQ).
+    pub(super) fn stream_unacked(&self, st: &mut SocketState) -> WspResult<usize> {
+        match st.tcp()?.role {
+            Role::Connected(id) | Role::Connecting(id) => {
+                Ok(self.conn_lock(id).engine.send_queued(id))
+            }
+            _ => Ok(0),
+        }
+    }
+
+    pub(super) fn stream_listening(&self, st: &mut SocketState) -> bool {
+        matches!(st.tcp().map(|t| &t.role), Ok(Role::Listening(_)))
     }
 
     /// Apply TCP_NODELAY / SO_KEEPALIVE to a live connection after `setsockopt` stored them.

@@ -614,6 +614,10 @@ impl Datapath for XdpDatapath {
     }
 
     fn flush_tx(&self) {
+        if super::held_kicks::held() {
+            // The frames stay pending for this thread's release (`held_kicks`).
+            return;
+        }
         if let Some(task) = lock(&self.deferred_kick).as_ref() {
             if !self.kick_wanted.swap(true, Ordering::AcqRel) {
                 task.wake_by_ref();

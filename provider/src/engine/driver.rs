@@ -161,6 +161,14 @@ impl Driver {
         self.dp.defer_kicks(None);
     }
 
+    /// A handle to hold this thread's TX kicks over a batch of work and push them out after
+    /// (`held_kicks`).
+    pub fn tx_kicker(&self) -> super::TxKicker {
+        super::TxKicker {
+            dp: self.dp.clone(),
+        }
+    }
+
     /// Push out the frames whose kick was deferred; true if there were any.
     pub fn kick(&self) -> bool {
         let owed = self.dp.take_kick_wanted();

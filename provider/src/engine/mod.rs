@@ -9,6 +9,7 @@
 mod channels;
 mod datapath;
 mod driver;
+mod held_kicks;
 mod preflight;
 mod queue;
 mod stats;
@@ -26,6 +27,7 @@ use std::{
 
 pub use datapath::XdpDatapath;
 pub use driver::{Driver, Progress};
+pub use held_kicks::TxKicker;
 pub use stats::{EngineCounters, EngineStats, InterfaceInfo, InterfaceStats, QueueStats};
 use thiserror::Error;
 

@@ -36,6 +36,8 @@ pub const SO_SNDBUF: i32 = 0x1001;
 pub const SO_RCVBUF: i32 = 0x1002;
 pub const SO_ERROR: i32 = 0x1007;
 pub const SO_TYPE: i32 = 0x1008;
+/// Read only: 1 while the socket listens.
+pub const SO_ACCEPTCONN: i32 = 0x0002;
 pub const TCP_NODELAY: i32 = 0x0001;
 /// Provider extension, Linux's `TCP_CORK` (Winsock has none): while set, only full segments
 /// go out; clearing it sends what is queued at once. Linux's 200 ms cork ceiling is not kept.
@@ -45,6 +47,9 @@ pub const TCP_CORK: i32 = 0x7001;
 pub const FIONBIO: u32 = 0x8004_667E;
 /// `FIONREAD` ioctl: bytes readable (for datagram sockets: size of the first queued datagram).
 pub const FIONREAD: u32 = 0x4004_667F;
+/// Provider extension, Linux's `SIOCOUTQ` (Winsock has none): bytes sent and not yet
+/// acknowledged, or queued and not yet sent (stream sockets; 0 before a connection).
+pub const SIOCOUTQ: u32 = 0x4004_7001;
 
 /// Winsock `LINGER`.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

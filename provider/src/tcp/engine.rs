@@ -632,6 +632,12 @@ impl TcpEngine {
             .unwrap_or(Err(TcpError::NotConnected))
     }
 
+    /// `recv` that leaves the data queued (MSG_PEEK).
+    pub fn peek(&mut self, now: Instant, id: ConnId, buf: &mut [u8]) -> Result<usize, TcpError> {
+        self.with_user_conn(now, id, |c, _| c.peek(buf))
+            .unwrap_or(Err(TcpError::NotConnected))
+    }
+
     /// FIN after the queued data (SD_SEND).
     pub fn shutdown_write(&mut self, now: Instant, id: ConnId) -> Result<(), TcpError> {
         self.with_user_conn(now, id, |c, _| c.shutdown_write())
@@ -674,6 +680,11 @@ impl TcpEngine {
     /// Bytes `send` can take now.
     pub fn send_space(&self, id: ConnId) -> usize {
         self.conn(id).map_or(0, |c| c.send_space())
+    }
+
+    /// Data bytes queued or in flight, not yet acknowledged (Linux SIOCOUTQ).
+    pub fn send_queued(&self, id: ConnId) -> usize {
+        self.conn(id).map_or(0, |c| c.send_queued())
     }
 
     /// Bytes queued or in flight, plus one for an unacknowledged FIN.

@@ -58,6 +58,11 @@ impl RecvQueue {
         Some(d)
     }
 
+    /// The oldest datagram, left queued (MSG_PEEK).
+    pub fn front(&self) -> Option<&Datagram> {
+        self.items.front()
+    }
+
     /// Payload size of the oldest datagram (what FIONREAD reports for UDP).
     pub fn front_len(&self) -> Option<usize> {
         self.items.front().map(|d| d.payload.len())

@@ -1002,7 +1002,22 @@ impl Conn {
     }
 
     pub(crate) fn recv(&mut self, buf: &mut [u8]) -> Result<usize, TcpError> {
-        let n = self.rcv.read(buf);
+        self.recv_or_peek(buf, false)
+    }
+
+    /// `recv` that leaves the data queued (MSG_PEEK): no window update, no ACK.
+    pub(crate) fn peek(&mut self, buf: &mut [u8]) -> Result<usize, TcpError> {
+        self.recv_or_peek(buf, true)
+    }
+
+    fn recv_or_peek(&mut self, buf: &mut [u8], peek: bool) -> Result<usize, TcpError> {
+        if peek {
+            let n = self.rcv.peek(buf);
+            if n > 0 {
+                return Ok(n);
+            }
+        }
+        let n = if peek { 0 } else { self.rcv.read(buf) };
         if n > 0 {
             // The application drained data the peer pushed while our ACK is being delayed:
             // ACK now, as Linux does (ICSK_ACK_PUSHED) — a Nagle sender waits for exactly this
@@ -1060,6 +1075,9 @@ impl Conn {
     }
     pub(crate) fn unacked_bytes(&self) -> usize {
         self.snd.unacked()
+    }
+    pub(crate) fn send_queued(&self) -> usize {
+        self.snd.queued()
     }
     pub(crate) fn want_drained(&mut self) {
         self.snd.want_drained();

@@ -173,6 +173,16 @@ impl Receiver {
         self.dsack = None;
     }
 
+    /// Copy what `read` would return, leaving it queued (MSG_PEEK).
+    pub(crate) fn peek(&self, out: &mut [u8]) -> usize {
+        let n = out.len().min(self.buf.len());
+        let (a, b) = self.buf.as_slices();
+        let na = n.min(a.len());
+        out[..na].copy_from_slice(&a[..na]);
+        out[na..n].copy_from_slice(&b[..n - na]);
+        n
+    }
+
     pub(crate) fn read(&mut self, out: &mut [u8]) -> usize {
         let n = out.len().min(self.buf.len());
         let (a, b) = self.buf.as_slices();

@@ -356,6 +356,11 @@ impl Sender {
         self.drained_wanted = true;
     }
 
+    /// Data bytes queued or in flight (no FIN).
+    pub(crate) fn queued(&self) -> usize {
+        self.buf.len()
+    }
+
     pub(crate) fn unacked(&self) -> usize {
         self.buf.len() + usize::from(self.fin_queued && !self.fin_acked())
     }

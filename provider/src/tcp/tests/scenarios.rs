@@ -274,6 +274,34 @@ fn draining_pushed_data_acks_at_once() {
     h.expect_nothing_until(300);
 }
 
+/// MSG_PEEK copies queued data and leaves it: the next peek and the real read see the same
+/// bytes, a peek of pushed data does not ACK early (only draining does), and after the data a
+/// peek reports the FIN as a read would.
+#[test]
+fn peek_leaves_the_data_queued_and_acks_nothing() {
+    let (mut h, _l, c) = Harness::passive(cfg(), PeerOpts::full());
+    let mut buf = [0u8; 16];
+    h.inject(10, seg(F_ACK).seq(1).ack(1).len(100));
+    h.expect(50, exp(F_ACK).ack(101));
+    assert_eq!(h.engine.recv(h.now, c, &mut [0u8; 100]), Ok(100));
+    h.inject(60, seg(F_ACK | F_PSH).seq(101).ack(1).payload(b"hello"));
+    assert_eq!(h.engine.peek(h.now, c, &mut buf[..3]), Ok(3));
+    assert_eq!(&buf[..3], b"hel");
+    assert_eq!(h.engine.peek(h.now, c, &mut buf), Ok(5));
+    assert_eq!(&buf[..5], b"hello");
+    assert_eq!(h.engine.recv_available(c), 5);
+    h.drain();
+    h.expect_nothing_until(61);
+    assert_eq!(h.engine.recv(h.now, c, &mut buf), Ok(5));
+    assert_eq!(&buf[..5], b"hello");
+    h.drain();
+    h.expect(61, exp(F_ACK).ack(106));
+    assert_eq!(h.engine.peek(h.now, c, &mut buf), Err(TcpError::WouldBlock));
+    h.inject(70, seg(F_ACK | F_FIN).seq(106).ack(1));
+    assert_eq!(h.engine.peek(h.now, c, &mut buf), Ok(0));
+    assert_eq!(h.engine.recv(h.now, c, &mut buf), Ok(0));
+}
+
 /// Request/response: once a reply has carried a delayed ACK, draining the next request waits
 /// for the reply to carry the ACK again (no extra pure ACK per request); a delayed-ACK timeout
 /// (no reply in time) ends that mode.
