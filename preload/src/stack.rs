@@ -90,6 +90,9 @@ extern "C" fn stop_at_exit() {
 
 /// Whether the environment asks for the provider at all (cheap; no start).
 pub fn configured() -> bool {
+    if STACK.get().is_some_and(Option::is_some) {
+        return true;
+    }
     static ON: OnceLock<bool> = OnceLock::new();
     *ON.get_or_init(|| std::env::var_os("PROVIDER_IFACE").is_some_and(|v| !v.is_empty()))
 }
@@ -101,6 +104,20 @@ pub fn get() -> Option<&'static Stack> {
         return None;
     }
     STACK.get_or_init(|| as_inside(start)).as_ref()
+}
+
+/// Tests only: serve this process from `provider` (a loopback datapath: no interface, no
+/// root) instead of starting an engine; before the first call that asks for the stack.
+#[doc(hidden)]
+pub fn install_for_tests(provider: Arc<Provider>, addrs: Vec<IpAddr>) -> bool {
+    STACK
+        .set(Some(Stack {
+            provider,
+            addrs,
+            ports: None,
+            linger_nonblocking: LingerNonblocking::Linux,
+        }))
+        .is_ok()
 }
 
 /// The stack if it was started (never starts it).

@@ -349,7 +349,10 @@ impl Conn {
             // Filling a hole: ACK at once (RFC 5681 §4.2).
             immediate = true;
         }
-        if was_empty && !self.rcv.buf.is_empty() {
+        // Every arrival of in-order data, not only the first into an empty buffer: an
+        // edge-triggered epoll waiter (Linux wakes one per arrival) is waiting for exactly the
+        // next one. Winsock's FD_READ stays one per recv (the API layer re-enables it).
+        if !self.rcv.buf.is_empty() && (was_empty || take > 0) {
             cx.events.push_back(Event::Readable(self.id));
         }
         if take > 0 {
