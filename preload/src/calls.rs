@@ -198,8 +198,8 @@ pub unsafe extern "C" fn accept4(
         if !addr.is_null() && len.is_null() {
             return Err(libc::EFAULT);
         }
-        if !ps.nonblocking.load(Ordering::Relaxed) {
-            crate::drive::release_kicks();
+        if !ps.nonblocking.load(Ordering::Relaxed) && ops::listening(&st.provider, &ps) {
+            crate::drive::wait_until(&st.provider, &ps, |r| r.readable || r.error);
         }
         let (s, remote) = st
             .provider

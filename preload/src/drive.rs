@@ -15,6 +15,11 @@
 //!   waiters' timer runs up, looking every `BACKGROUND_RECHECK_MS`.
 //!
 //!
+//! A blocking `recv`/`recvfrom`/`accept` on a provider socket waits the same way
+//! (`wait_until`): it drives the engine and sleeps on its doorbell and the AF_XDP descriptors,
+//! so a server blocked in `recv` (the real sockperf server) receives its own segments instead
+//! of being woken by the background thread.
+//!
 //! Between two waits an application thread holds its TX kicks (`TxKicker::hold`): an event
 //! loop answering k ready connections then costs one kick, paid as it enters its next wait,
 //! instead of k. Any call that may sleep elsewhere (a blocking provider call, a wait on kernel
@@ -178,6 +183,56 @@ impl Drive {
         Waiting(self)
     }
 }
+
+/// A blocking call on provider socket `ps` waits here until `ready` holds, running the
+/// engine's queue work on this thread meanwhile (a frame wakes this thread, which receives it
+/// itself) instead of sleeping in the provider while the background thread receives: one
+/// thread hop less per segment. Without an application-driven engine it returns at once and
+/// the provider's own blocking call waits.
+pub fn wait_until(
+    p: &provider::api::Provider,
+    ps: &crate::fdtable::ProvSock,
+    ready: impl Fn(&provider::api::Readiness) -> bool,
+) {
+    let Some(d) = get() else {
+        return;
+    };
+    d.release_kicks();
+    let poll = crate::real!(poll: fn(*mut libc::pollfd, libc::nfds_t, i32) -> i32);
+    loop {
+        d.assist();
+        let (seen, r) = crate::ops::readiness(p, ps);
+        if ready(&r) {
+            return;
+        }
+        let waker = std::task::Waker::from(ps.doorbell.clone());
+        if !p.watch(ps.sock, seen, &waker).unwrap_or(false) {
+            // Something happened since `seen`: look again.
+            continue;
+        }
+        let mut set = [libc::pollfd {
+            fd: -1,
+            events: libc::POLLIN,
+            revents: 0,
+        }; 1 + MAX_WAIT_XSKS];
+        set[0].fd = ps.doorbell.fd;
+        let xsks = d.xsk_fds();
+        let n = 1 + xsks.len().min(MAX_WAIT_XSKS);
+        for (slot, &fd) in set[1..n].iter_mut().zip(xsks) {
+            slot.fd = fd;
+        }
+        let _waiting = d.waiting();
+        // SAFETY: `set` is a live array of `n` pollfds. A signal (EINTR) just means look again.
+        unsafe { poll(set.as_mut_ptr(), n as libc::nfds_t, -1) };
+        if set[0].revents != 0 {
+            crate::real::drain(ps.doorbell.fd);
+        }
+    }
+}
+
+/// AF_XDP descriptors a blocking call sleeps on (queues beyond are left to the background
+/// thread).
+const MAX_WAIT_XSKS: usize = 8;
 
 /// This thread is about to sleep or block: push out the TX frames it held back.
 pub fn release_kicks() {

@@ -268,6 +268,16 @@ pub fn recv(st: &Stack, ps: &ProvSock, buf: &mut [u8], flags: i32) -> R<usize> {
     if ps.dgram {
         return recv_from(st, ps, buf, flags).map(|(n, _, _)| n);
     }
+    // Only a connection waits (a listener or a socket never connected fails at once).
+    if blocking
+        && flags & libc::MSG_DONTWAIT == 0
+        && !buf.is_empty()
+        && p.wsp_get_peer_name(ps.sock).is_ok()
+    {
+        crate::drive::wait_until(p, ps, |r| {
+            r.readable || r.peer_closed || r.hung_up || r.error
+        });
+    }
     if flags & libc::MSG_PEEK != 0 {
         // MSG_PEEK|MSG_WAITALL peeks what is there (Linux would wait for all of it).
         return p.wsp_recv_peek(ps.sock, buf).map_err(from_wsa);
@@ -315,8 +325,8 @@ pub fn recv_from(
     {
         return Err(libc::EAGAIN);
     }
-    if !ps.nonblocking.load(Ordering::Relaxed) {
-        crate::drive::release_kicks();
+    if !ps.nonblocking.load(Ordering::Relaxed) && flags & libc::MSG_DONTWAIT == 0 {
+        crate::drive::wait_until(p, ps, |r| r.readable || r.error);
     }
     // Linux truncates silently (MSG_TRUNC in recvmsg), where Winsock says WSAEMSGSIZE.
     let m = if flags & libc::MSG_PEEK != 0 {
