@@ -268,6 +268,17 @@ impl std::fmt::Debug for Provider {
 }
 
 /// The STEER key for a bound UDP endpoint (wildcard → all-zero address).
+/// A datagram's payload into `buf` (truncated to it), with its sender and full length.
+fn copy_datagram(d: &crate::udp::Datagram, buf: &mut [u8]) -> RecvMeta {
+    let len = d.payload.len().min(buf.len());
+    buf[..len].copy_from_slice(&d.payload[..len]);
+    RecvMeta {
+        len,
+        from: d.from,
+        datagram_len: d.payload.len(),
+    }
+}
+
 pub fn udp_steer_key(local: SocketAddr) -> SteerKey {
     match local.ip() {
         IpAddr::V4(a) => SteerKey::v4(PROTO_UDP, a.octets(), local.port()),
@@ -490,25 +501,13 @@ impl Provider {
         let epoch = st.interrupts;
         loop {
             if peek && let Some(d) = st.udp()?.queue.front() {
-                let len = d.payload.len().min(buf.len());
-                buf[..len].copy_from_slice(&d.payload[..len]);
-                return Ok(RecvMeta {
-                    len,
-                    from: d.from,
-                    datagram_len: d.payload.len(),
-                });
+                return Ok(copy_datagram(d, buf));
             }
             if let Some(d) = st.udp()?.queue.pop() {
                 let queued = st.udp()?.queue.front_len().is_some();
                 self.async_udp_after_recv(e.id, queued);
                 drop(st);
-                let len = d.payload.len().min(buf.len());
-                buf[..len].copy_from_slice(&d.payload[..len]);
-                return Ok(RecvMeta {
-                    len,
-                    from: d.from,
-                    datagram_len: d.payload.len(),
-                });
+                return Ok(copy_datagram(&d, buf));
             }
             if st.nonblocking {
                 self.async_udp_after_recv(e.id, false);
