@@ -368,14 +368,35 @@ fn with_accepted<T: Send + 'static>(
     let p = provider(s);
     let at = SocketAddr::new(PROVIDER_V4.into(), port);
     let l = rt.block_on(async { TcpListener::bind(&p, at) }).unwrap();
-    let k = spawn_in_peer(&s.lab, move || {
-        kernel(std::net::TcpStream::connect(at).expect("kernel connect"))
-    });
+    let k = spawn_in_peer(&s.lab, move || std::net::TcpStream::connect(at).map(kernel));
     rt.block_on(async {
-        let (c, _) = l.accept().await.unwrap();
-        provider_side(c).await;
+        // Bounded: if the kernel's connect failed, nothing will arrive.
+        if let Ok(r) = tokio::time::timeout(Duration::from_secs(20), l.accept()).await {
+            let (c, _) = r.unwrap();
+            provider_side(c).await;
+        }
     });
-    k.join().unwrap()
+    match k.join().unwrap() {
+        Ok(v) => v,
+        // Who refused it: the provider's XDP verdicts and stats, and the provider namespace's
+        // kernel TCP counters (a SYN the XDP program passed on is reset by that kernel).
+        Err(e) => panic!(
+            "kernel connect to {at}: {e}\nprovider: {:?}\nprovider-namespace kernel: {}",
+            s.engine.stats(),
+            kernel_tcp_counters(&s.lab)
+        ),
+    }
+}
+
+fn kernel_tcp_counters(lab: &Lab) -> String {
+    match lab
+        .provider_cmd("nstat")
+        .args(["-az", "TcpOutRsts", "TcpPassiveOpens", "TcpInSegs"])
+        .output()
+    {
+        Ok(o) => String::from_utf8_lossy(&o.stdout).into_owned(),
+        Err(e) => format!("nstat: {e}"),
+    }
 }
 
 #[test]
