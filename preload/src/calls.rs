@@ -1204,11 +1204,6 @@ fn poll_mixed(
         .filter_map(|(i, p)| stack::table().get(p.fd).map(|s| (i, s)))
         .collect();
     let st = stack::get().ok_or(libc::EBADF)?;
-    // Before any waker is registered below: their wakes must write the eventfds we sleep on.
-    let _sleeping_on: Vec<crate::fdtable::KernelWait> = provs
-        .iter()
-        .map(|(_, ps)| crate::fdtable::KernelWait::new(&ps.doorbell))
-        .collect();
     let deadline = timeout.map(|t| Instant::now() + t);
     let mut kernel: Vec<pollfd> = fds.to_vec();
     // The AF_XDP descriptors too, after the caller's: a frame wakes this thread, which then

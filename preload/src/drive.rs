@@ -199,8 +199,6 @@ pub fn wait_until(
     };
     d.release_kicks();
     let poll = crate::real!(poll: fn(*mut libc::pollfd, libc::nfds_t, i32) -> i32);
-    // Before the waker is registered: its wakes must write the eventfd we sleep on.
-    let _sleeping_on = crate::fdtable::KernelWait::new(&ps.doorbell);
     loop {
         d.assist();
         let (seen, r) = crate::ops::readiness(p, ps);

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use libc::epoll_event;
 
-use crate::fdtable::{EpollRef, ProvSock};
+use crate::fdtable::ProvSock;
 use crate::ops::{self, R};
 use crate::real;
 use crate::{shm, stack};
@@ -35,8 +35,6 @@ struct Entry {
     reported_gen: Option<u64>,
     /// EPOLLONESHOT fired; off until EPOLL_CTL_MOD.
     disabled: bool,
-    /// Counts this registration on the doorbell (`bell_collect`).
-    bell: EpollRef,
 }
 
 #[derive(Default)]
@@ -48,19 +46,6 @@ struct Set {
     check: std::collections::HashSet<i32>,
     /// The AF_XDP descriptors are in the kernel instance (tagged `XSK_TAG`), see `drive`.
     xsks_added: bool,
-    /// Entry by doorbell (`EpollRef::key`): where a wake handed over by `bell_collect` goes.
-    by_bell: HashMap<usize, i32>,
-}
-
-impl Set {
-    fn remove(&mut self, fd: i32) -> Option<Entry> {
-        shm::private(|| {
-            self.check.remove(&fd);
-            let e = self.entries.remove(&fd)?;
-            self.by_bell.remove(&e.bell.key());
-            Some(e)
-        })
-    }
 }
 
 /// Tag of an AF_XDP descriptor's registration.
@@ -102,18 +87,12 @@ impl ForkHold {
             for set in map.values() {
                 let mut s = set.lock().unwrap_or_else(PoisonError::into_inner);
                 let fds: Vec<i32> = s.entries.keys().copied().collect();
-                s.by_bell.clear();
                 for fd in fds {
                     let e = s.entries.get_mut(&fd).expect("key just listed");
                     match table.get(&fd) {
-                        // The copied entry's handle and doorbell count are the parent's: no
-                        // count of ours on them.
+                        // The copied entry's handle is the parent's: no count of ours on it.
                         Some(mine) => {
-                            std::mem::forget(std::mem::replace(&mut e.sock, mine.clone()));
-                            let bell = EpollRef::new(mine.doorbell.clone());
-                            std::mem::forget(std::mem::replace(&mut e.bell, bell));
-                            let key = e.bell.key();
-                            s.by_bell.insert(key, fd);
+                            std::mem::forget(std::mem::replace(&mut e.sock, mine.clone()))
                         }
                         None => {
                             if let Some(gone) = s.entries.remove(&fd) {
@@ -157,10 +136,13 @@ pub fn forget_fd(fd: i32) {
         })
     };
     for (epfd, set) in sets {
-        let removed = set
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(fd);
+        let removed = {
+            let mut s = set.lock().unwrap_or_else(PoisonError::into_inner);
+            shm::private(|| {
+                s.check.remove(&fd);
+                s.entries.remove(&fd)
+            })
+        };
         if removed.is_some() {
             kernel_ctl(epfd, libc::EPOLL_CTL_DEL, fd, 0, false);
         }
@@ -201,7 +183,6 @@ pub fn ctl(epfd: i32, op: i32, fd: i32, ps: Arc<ProvSock>, ev: Option<epoll_even
                 return Err(real::errno());
             }
             let entry = Entry {
-                bell: EpollRef::new(ps.doorbell.clone()),
                 sock: ps,
                 events: ev.events,
                 data: ev.u64,
@@ -209,7 +190,6 @@ pub fn ctl(epfd: i32, op: i32, fd: i32, ps: Arc<ProvSock>, ev: Option<epoll_even
                 disabled: false,
             };
             shm::private(|| {
-                s.by_bell.insert(entry.bell.key(), fd);
                 s.entries.insert(fd, entry);
                 s.check.insert(fd);
             });
@@ -228,7 +208,11 @@ pub fn ctl(epfd: i32, op: i32, fd: i32, ps: Arc<ProvSock>, ev: Option<epoll_even
             shm::private(|| s.check.insert(fd));
         }
         libc::EPOLL_CTL_DEL => {
-            s.remove(fd).ok_or(libc::ENOENT)?;
+            shm::private(|| {
+                s.check.remove(&fd);
+                s.entries.remove(&fd)
+            })
+            .ok_or(libc::ENOENT)?;
             kernel_ctl(epfd, libc::EPOLL_CTL_DEL, fd, 0, false);
         }
         _ => return Err(libc::EINVAL),
@@ -276,23 +260,13 @@ pub fn wait(
     let deadline = timeout.map(|t| Instant::now() + t);
     let mut kernel = vec![epoll_event { events: 0, u64: 0 }; out.len()];
     Some((|| loop {
-        // The sockets this pass makes ready go straight onto the ready list.
-        let rung = match drive {
-            Some(d) => crate::bell_collect::collect(|| d.assist()),
-            None => Vec::new(),
-        };
+        if let Some(d) = drive {
+            d.assist();
+        }
         let mut n = 0;
         {
             let mut guard = set.lock().unwrap_or_else(PoisonError::into_inner);
             let s = &mut *guard;
-            for bell in &rung {
-                match s.by_bell.get(&(Arc::as_ptr(bell) as usize)) {
-                    Some(&fd) => {
-                        shm::private(|| s.check.insert(fd));
-                    }
-                    None => real::ring(bell.fd),
-                }
-            }
             let todo: Vec<i32> = shm::private(|| s.check.drain().collect());
             let mut again: Vec<i32> = shm::private(|| Vec::with_capacity(todo.len()));
             for fd in todo {

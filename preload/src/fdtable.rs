@@ -10,7 +10,7 @@
 //! files, pipes and kernel sockets pay one atomic load per call.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock, RwLockWriteGuard};
 use std::task::Wake;
 
@@ -26,10 +26,6 @@ use crate::{real, shm};
 pub struct Doorbell {
     pub fd: i32,
     owner: &'static Mailbox,
-    /// epoll entries (over every instance) registered on this doorbell ([`EpollRef`]).
-    epoll_refs: AtomicU32,
-    /// Threads in a kernel `poll`/`ppoll` with this doorbell in the set ([`KernelWait`]).
-    kernel_waiters: AtomicU32,
 }
 
 impl std::fmt::Debug for Doorbell {
@@ -47,55 +43,7 @@ impl Doorbell {
         Doorbell {
             fd,
             owner: process::mailbox(),
-            epoll_refs: AtomicU32::new(0),
-            kernel_waiters: AtomicU32::new(0),
         }
-    }
-
-    /// Only one epoll entry and no kernel poll can be waiting on it: a wake on the thread
-    /// that is collecting for that epoll instance may skip the eventfd (`bell_collect`).
-    fn one_epoll_waiter(&self) -> bool {
-        self.epoll_refs.load(Ordering::SeqCst) == 1
-            && self.kernel_waiters.load(Ordering::SeqCst) == 0
-    }
-}
-
-/// Held by an epoll entry for as long as it is registered on the doorbell.
-pub struct EpollRef(Arc<Doorbell>);
-
-impl EpollRef {
-    pub fn new(bell: Arc<Doorbell>) -> Self {
-        bell.epoll_refs.fetch_add(1, Ordering::SeqCst);
-        EpollRef(bell)
-    }
-
-    /// The doorbell's identity, as `bell_collect` reports it.
-    pub fn key(&self) -> usize {
-        Arc::as_ptr(&self.0) as usize
-    }
-}
-
-impl Drop for EpollRef {
-    fn drop(&mut self) {
-        self.0.epoll_refs.fetch_sub(1, Ordering::SeqCst);
-    }
-}
-
-/// Held while a thread may sleep in the kernel on the doorbell's eventfd outside epoll
-/// (`poll`, `select`, a blocking call). Taken before the socket's waker is registered, so a
-/// wake that follows the registration always writes the eventfd.
-pub struct KernelWait(Arc<Doorbell>);
-
-impl KernelWait {
-    pub fn new(bell: &Arc<Doorbell>) -> Self {
-        bell.kernel_waiters.fetch_add(1, Ordering::SeqCst);
-        KernelWait(bell.clone())
-    }
-}
-
-impl Drop for KernelWait {
-    fn drop(&mut self) {
-        self.0.kernel_waiters.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -115,9 +63,6 @@ impl Wake for Doorbell {
     }
     fn wake_by_ref(self: &Arc<Self>) {
         if self.owner.is_mine() {
-            if self.one_epoll_waiter() && crate::bell_collect::offer(self) {
-                return;
-            }
             real::ring(self.fd);
         } else {
             self.owner.ring(self);

@@ -10,7 +10,6 @@
 //!
 //! See the README ("Running applications") for what is interposed and the known gaps.
 
-mod bell_collect;
 pub mod calls;
 mod drive;
 mod epoll;
