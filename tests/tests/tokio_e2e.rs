@@ -371,32 +371,34 @@ fn with_accepted<T: Send + 'static>(
     let k = spawn_in_peer(&s.lab, move || std::net::TcpStream::connect(at).map(kernel));
     rt.block_on(async {
         // Bounded: if the kernel's connect failed, nothing will arrive.
-        if let Ok(r) = tokio::time::timeout(Duration::from_secs(20), l.accept()).await {
-            let (c, _) = r.unwrap();
-            provider_side(c).await;
+        match tokio::time::timeout(Duration::from_secs(20), l.accept()).await {
+            Ok(r) => provider_side(r.unwrap().0).await,
+            Err(_) if k.is_finished() => {}
+            Err(_) => connect_failed(s, at, "no connection accepted within 20 s"),
         }
     });
     match k.join().unwrap() {
         Ok(v) => v,
-        // Who refused it: the provider's XDP verdicts and stats, and the provider namespace's
-        // kernel TCP counters (a SYN the XDP program passed on is reset by that kernel).
-        Err(e) => panic!(
-            "kernel connect to {at}: {e}\nprovider: {:?}\nprovider-namespace kernel: {}",
-            s.engine.stats(),
-            kernel_tcp_counters(&s.lab)
-        ),
+        Err(e) => connect_failed(s, at, e),
     }
 }
 
-fn kernel_tcp_counters(lab: &Lab) -> String {
-    match lab
+/// Who refused a kernel connect: the provider's XDP verdicts and stats, and the provider
+/// namespace's kernel TCP counters (a SYN the XDP program passed on is reset by that kernel).
+fn connect_failed(s: &Setup, at: SocketAddr, why: impl std::fmt::Display) -> ! {
+    let counters = match s
+        .lab
         .provider_cmd("nstat")
         .args(["-az", "TcpOutRsts", "TcpPassiveOpens", "TcpInSegs"])
         .output()
     {
         Ok(o) => String::from_utf8_lossy(&o.stdout).into_owned(),
         Err(e) => format!("nstat: {e}"),
-    }
+    };
+    panic!(
+        "kernel connect to {at}: {why}\nprovider: {:?}\nprovider-namespace kernel: {counters}",
+        s.engine.stats()
+    )
 }
 
 #[test]
